@@ -1,0 +1,343 @@
+"""Configuration: YAML in, frozen typed objects out, validated once at start.
+
+`${VAR}` and `${VAR:-default}` are substituted from the environment in every string value.
+Every problem is reported with the file and the path inside it, e.g.
+`config/woozlit.yaml: models.woozlit/gpt-4o[0].provider: unknown provider 'opnai'`,
+and all problems are reported at once rather than the first only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+PUBLIC_PREFIX = "woozlit/"
+PROVIDER_KINDS = ("openai", "anthropic", "gemini")
+DEFAULT_CONFIG_PATH = "config/woozlit.yaml"
+
+# Hosts of the public APIs: a provider pointed at one of these must have a key. A provider
+# pointed elsewhere (a local vLLM or Ollama server, a test double) may run without one.
+PUBLIC_API_HOSTS = frozenset(
+    {
+        "api.openai.com",
+        "api.anthropic.com",
+        "generativelanguage.googleapis.com",
+        "api.deepseek.com",
+    }
+)
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The config is invalid; `errors` lists every problem, each naming file and path."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    first_byte: float = 60.0  # from sending the request to the response headers
+    idle: float = 60.0  # longest silence between two chunks of a body or stream
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    kind: str
+    base_url: str
+    api_key: str
+    api_key_env: str | None  # the variable the key comes from, to name it in errors
+    timeouts: Timeouts
+    default_max_tokens: int = 4096  # used where the upstream requires max_tokens
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def needs_key(self) -> bool:
+        return (urlsplit(self.base_url).hostname or "") in PUBLIC_API_HOSTS
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    provider: str
+    model: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    monthly_tokens: int | None  # None: unlimited
+    requests_per_minute: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_body_bytes: int = 4 * 1024 * 1024
+    default_temperature: float = 0.7
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingConfig:
+    # Tokens reserved for the completion when the request sets no max_tokens.
+    default_completion_reserve: int = 4096
+    # A hold not settled within this time (its instance crashed) expires by itself.
+    hold_ttl_seconds: int = 900
+    # How long a key lookup may be cached in-process; revocation is also pushed by pub/sub.
+    key_cache_seconds: float = 0.5
+    # Timeout of every Redis call: a down store answers 503 quickly instead of hanging.
+    redis_timeout_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    providers: Mapping[str, ProviderConfig]
+    models: Mapping[str, tuple[Deployment, ...]]
+    tiers: Mapping[str, Tier]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    log_level: str = "INFO"
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, substitute and validate a config file; raise ConfigError listing every problem."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from exc
+    return parse_config(raw, path, os.environ if env is None else env)
+
+
+def parse_config(raw: Any, path: str, env: Mapping[str, str]) -> Config:
+    """Validate an already-parsed YAML document."""
+    return _Parser(path, env).config(raw)
+
+
+class _Parser:
+    def __init__(self, path: str, env: Mapping[str, str]):
+        self.path = path
+        self.env = env
+        self.errors: list[str] = []
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append(f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}")
+
+    # -- scalars -------------------------------------------------------------------------
+
+    def substitute(self, value: str, where: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            self.error(where, f"environment variable {name} is not set")
+            return ""
+
+        return _VAR.sub(replace, value)
+
+    def mapping(self, node: Any, where: str, allowed: set[str], required: set[str] = set()) -> dict:
+        if not isinstance(node, dict):
+            self.error(where, f"must be a mapping, got {_type_name(node)}")
+            return {}
+        for key in node:
+            if key not in allowed:
+                self.error(_join(where, str(key)), "unknown key")
+        for key in sorted(required - node.keys()):
+            self.error(_join(where, key), "is required")
+        return node
+
+    def string(self, node: Any, where: str) -> str:
+        if isinstance(node, bool) or not isinstance(node, (str, int, float)):
+            self.error(where, f"must be a string, got {_type_name(node)}")
+            return ""
+        return self.substitute(str(node), where)
+
+    def number(self, node: Any, where: str, *, minimum: float, integer: bool = False) -> Any:
+        if isinstance(node, str):
+            node = self.substitute(node, where)
+            try:
+                node = int(node) if integer else float(node)
+            except ValueError:
+                self.error(where, f"must be a number, got {node!r}")
+                return None
+        ok_types = (int,) if integer else (int, float)
+        if isinstance(node, bool) or not isinstance(node, ok_types):
+            self.error(where, f"must be {'an integer' if integer else 'a number'}")
+            return None
+        if node < minimum:
+            self.error(where, f"must be at least {minimum}")
+            return None
+        return node
+
+    def url(self, node: Any, where: str) -> str:
+        value = self.string(node, where).rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.error(where, f"must be an http(s) URL, got {value!r}")
+        return value
+
+    # -- sections ------------------------------------------------------------------------
+
+    def config(self, raw: Any) -> Config:
+        top = self.mapping(
+            raw, "", {"providers", "models", "tiers", "server", "accounting", "log_level"},
+            {"providers", "models", "tiers"},
+        )
+        providers = self.providers(top.get("providers", {}))
+        models = self.models(top.get("models", {}), providers)
+        tiers = self.tiers(top.get("tiers", {}))
+        server = self.server(top.get("server", {}))
+        accounting = self.accounting(top.get("accounting", {}))
+        log_level = self.string(top.get("log_level", "INFO"), "log_level").upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            self.error("log_level", "must be one of DEBUG, INFO, WARNING, ERROR")
+        if self.errors:
+            raise ConfigError(self.errors)
+        return Config(self.path, providers, models, tiers, server, accounting, log_level)
+
+    def providers(self, node: Any) -> dict[str, ProviderConfig]:
+        out: dict[str, ProviderConfig] = {}
+        for name, spec in self.mapping(node, "providers", set(self_keys(node))).items():
+            where = f"providers.{name}"
+            spec = self.mapping(
+                spec, where,
+                {"kind", "base_url", "api_key", "timeouts", "default_max_tokens", "headers"},
+                {"kind", "base_url"},
+            )
+            kind = self.string(spec.get("kind", ""), f"{where}.kind")
+            if "kind" in spec and kind not in PROVIDER_KINDS:
+                self.error(f"{where}.kind", f"unknown kind {kind!r} (one of {', '.join(PROVIDER_KINDS)})")
+            raw_key = spec.get("api_key", "")
+            key_var = _VAR.search(raw_key) if isinstance(raw_key, str) else None
+            headers = {
+                str(k): self.string(v, f"{where}.headers.{k}")
+                for k, v in self.mapping(spec.get("headers", {}), f"{where}.headers", set(self_keys(spec.get("headers")))).items()
+            }
+            out[str(name)] = ProviderConfig(
+                name=str(name),
+                kind=kind,
+                base_url=self.url(spec.get("base_url", ""), f"{where}.base_url"),
+                api_key=self.string(raw_key, f"{where}.api_key"),
+                api_key_env=key_var.group(1) if key_var else None,
+                timeouts=self.timeouts(spec.get("timeouts", {}), f"{where}.timeouts"),
+                default_max_tokens=self.number(
+                    spec.get("default_max_tokens", 4096), f"{where}.default_max_tokens",
+                    minimum=1, integer=True,
+                ) or 4096,
+                headers=headers,
+            )
+        if not out and not self.errors:
+            self.error("providers", "at least one provider is required")
+        return out
+
+    def timeouts(self, node: Any, where: str) -> Timeouts:
+        spec = self.mapping(node, where, {"connect", "first_byte", "idle"})
+        defaults = Timeouts()
+        values = {
+            name: self.number(spec.get(name, getattr(defaults, name)), f"{where}.{name}", minimum=0.001)
+            for name in ("connect", "first_byte", "idle")
+        }
+        return Timeouts(**{k: v if v is not None else getattr(defaults, k) for k, v in values.items()})
+
+    def models(self, node: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, tuple[Deployment, ...]]:
+        out: dict[str, tuple[Deployment, ...]] = {}
+        for public, deployments in self.mapping(node, "models", set(self_keys(node))).items():
+            where = f"models.{public}"
+            if not isinstance(public, str) or not public.startswith(PUBLIC_PREFIX) or public == PUBLIC_PREFIX:
+                self.error(where, f"model names must start with {PUBLIC_PREFIX!r}")
+            if not isinstance(deployments, list) or not deployments:
+                self.error(where, "must be a non-empty list of deployments")
+                continue
+            parsed = []
+            for i, dep in enumerate(deployments):
+                dwhere = f"{where}[{i}]"
+                dep = self.mapping(dep, dwhere, {"provider", "model", "weight"}, {"provider", "model"})
+                provider = self.string(dep.get("provider", ""), f"{dwhere}.provider")
+                if "provider" in dep and provider not in providers:
+                    self.error(f"{dwhere}.provider", f"unknown provider {provider!r}")
+                model = self.string(dep.get("model", ""), f"{dwhere}.model")
+                if "model" in dep and not model:
+                    self.error(f"{dwhere}.model", "must not be empty")
+                weight = self.number(dep.get("weight", 1), f"{dwhere}.weight", minimum=1, integer=True)
+                parsed.append(Deployment(provider, model, weight or 1))
+            out[str(public)] = tuple(parsed)
+        if not out and not self.errors:
+            self.error("models", "at least one model is required")
+        return out
+
+    def tiers(self, node: Any) -> dict[str, Tier]:
+        out: dict[str, Tier] = {}
+        for name, spec in self.mapping(node, "tiers", set(self_keys(node))).items():
+            where = f"tiers.{name}"
+            spec = self.mapping(spec, where, {"monthly_tokens", "requests_per_minute"},
+                                {"monthly_tokens", "requests_per_minute"})
+            monthly = spec.get("monthly_tokens")
+            if monthly is not None:
+                monthly = self.number(monthly, f"{where}.monthly_tokens", minimum=0, integer=True)
+            rpm = self.number(spec.get("requests_per_minute", 1), f"{where}.requests_per_minute",
+                              minimum=1, integer=True)
+            out[str(name)] = Tier(monthly, rpm or 1)
+        for required in ("free", "premium"):
+            if required not in out and isinstance(node, dict):
+                self.error(f"tiers.{required}", "is required")
+        return out
+
+    def server(self, node: Any) -> ServerConfig:
+        spec = self.mapping(node, "server", {"host", "port", "max_body_bytes", "default_temperature"})
+        d = ServerConfig()
+        port = self.number(spec.get("port", d.port), "server.port", minimum=0, integer=True)
+        if port is not None and port > 65535:
+            self.error("server.port", "must be at most 65535")
+        temperature = self.number(spec.get("default_temperature", d.default_temperature),
+                                  "server.default_temperature", minimum=0)
+        return ServerConfig(
+            host=self.string(spec.get("host", d.host), "server.host"),
+            port=port if port is not None else d.port,
+            max_body_bytes=self.number(spec.get("max_body_bytes", d.max_body_bytes),
+                                       "server.max_body_bytes", minimum=1, integer=True) or d.max_body_bytes,
+            default_temperature=temperature if temperature is not None else d.default_temperature,
+        )
+
+    def accounting(self, node: Any) -> AccountingConfig:
+        names = ("default_completion_reserve", "hold_ttl_seconds", "key_cache_seconds",
+                 "redis_timeout_seconds")
+        spec = self.mapping(node, "accounting", set(names))
+        d = AccountingConfig()
+        integer = {"default_completion_reserve", "hold_ttl_seconds"}
+        values = {
+            n: self.number(spec.get(n, getattr(d, n)), f"accounting.{n}",
+                           minimum=0 if n == "key_cache_seconds" else 0.001, integer=n in integer)
+            for n in names
+        }
+        return AccountingConfig(**{k: v if v is not None else getattr(d, k) for k, v in values.items()})
+
+
+def self_keys(node: Any) -> list[Any]:
+    """Every key of a free-form mapping is allowed (names chosen by the user)."""
+    return list(node) if isinstance(node, dict) else []
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _type_name(node: Any) -> str:
+    return "nothing" if node is None else type(node).__name__
