@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,9 @@ class _Parser:
         self.errors: list[str] = []
 
     def error(self, where: str, message: str) -> None:
-        self.errors.append(f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}")
+        self.errors.append(
+            f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}"
+        )
 
     # -- scalars -------------------------------------------------------------------------
 
@@ -153,14 +155,17 @@ class _Parser:
 
         return _VAR.sub(replace, value)
 
-    def mapping(self, node: Any, where: str, allowed: set[str], required: set[str] = set()) -> dict:
+    def mapping(
+        self, node: Any, where: str, allowed: set[str] | None, required: Collection[str] = ()
+    ) -> dict[Any, Any]:
+        """Check a mapping's keys; `allowed` None means any key (names chosen by the user)."""
         if not isinstance(node, dict):
             self.error(where, f"must be a mapping, got {_type_name(node)}")
             return {}
         for key in node:
-            if key not in allowed:
+            if allowed is not None and key not in allowed:
                 self.error(_join(where, str(key)), "unknown key")
-        for key in sorted(required - node.keys()):
+        for key in sorted(set(required) - node.keys()):
             self.error(_join(where, key), "is required")
         return node
 
@@ -198,7 +203,9 @@ class _Parser:
 
     def config(self, raw: Any) -> Config:
         top = self.mapping(
-            raw, "", {"providers", "models", "tiers", "server", "accounting", "log_level"},
+            raw,
+            "",
+            {"providers", "models", "tiers", "server", "accounting", "log_level"},
             {"providers", "models", "tiers"},
         )
         providers = self.providers(top.get("providers", {}))
@@ -215,21 +222,24 @@ class _Parser:
 
     def providers(self, node: Any) -> dict[str, ProviderConfig]:
         out: dict[str, ProviderConfig] = {}
-        for name, spec in self.mapping(node, "providers", set(self_keys(node))).items():
+        for name, spec in self.mapping(node, "providers", None).items():
             where = f"providers.{name}"
             spec = self.mapping(
-                spec, where,
+                spec,
+                where,
                 {"kind", "base_url", "api_key", "timeouts", "default_max_tokens", "headers"},
                 {"kind", "base_url"},
             )
             kind = self.string(spec.get("kind", ""), f"{where}.kind")
             if "kind" in spec and kind not in PROVIDER_KINDS:
-                self.error(f"{where}.kind", f"unknown kind {kind!r} (one of {', '.join(PROVIDER_KINDS)})")
+                self.error(
+                    f"{where}.kind", f"unknown kind {kind!r} (one of {', '.join(PROVIDER_KINDS)})"
+                )
             raw_key = spec.get("api_key", "")
             key_var = _VAR.search(raw_key) if isinstance(raw_key, str) else None
             headers = {
                 str(k): self.string(v, f"{where}.headers.{k}")
-                for k, v in self.mapping(spec.get("headers", {}), f"{where}.headers", set(self_keys(spec.get("headers")))).items()
+                for k, v in self.mapping(spec.get("headers", {}), f"{where}.headers", None).items()
             }
             out[str(name)] = ProviderConfig(
                 name=str(name),
@@ -239,9 +249,12 @@ class _Parser:
                 api_key_env=key_var.group(1) if key_var else None,
                 timeouts=self.timeouts(spec.get("timeouts", {}), f"{where}.timeouts"),
                 default_max_tokens=self.number(
-                    spec.get("default_max_tokens", 4096), f"{where}.default_max_tokens",
-                    minimum=1, integer=True,
-                ) or 4096,
+                    spec.get("default_max_tokens", 4096),
+                    f"{where}.default_max_tokens",
+                    minimum=1,
+                    integer=True,
+                )
+                or 4096,
                 headers=headers,
             )
         if not out and not self.errors:
@@ -252,16 +265,26 @@ class _Parser:
         spec = self.mapping(node, where, {"connect", "first_byte", "idle"})
         defaults = Timeouts()
         values = {
-            name: self.number(spec.get(name, getattr(defaults, name)), f"{where}.{name}", minimum=0.001)
+            name: self.number(
+                spec.get(name, getattr(defaults, name)), f"{where}.{name}", minimum=0.001
+            )
             for name in ("connect", "first_byte", "idle")
         }
-        return Timeouts(**{k: v if v is not None else getattr(defaults, k) for k, v in values.items()})
+        return Timeouts(
+            **{k: v if v is not None else getattr(defaults, k) for k, v in values.items()}
+        )
 
-    def models(self, node: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, tuple[Deployment, ...]]:
+    def models(
+        self, node: Any, providers: Mapping[str, ProviderConfig]
+    ) -> dict[str, tuple[Deployment, ...]]:
         out: dict[str, tuple[Deployment, ...]] = {}
-        for public, deployments in self.mapping(node, "models", set(self_keys(node))).items():
+        for public, deployments in self.mapping(node, "models", None).items():
             where = f"models.{public}"
-            if not isinstance(public, str) or not public.startswith(PUBLIC_PREFIX) or public == PUBLIC_PREFIX:
+            if (
+                not isinstance(public, str)
+                or not public.startswith(PUBLIC_PREFIX)
+                or public == PUBLIC_PREFIX
+            ):
                 self.error(where, f"model names must start with {PUBLIC_PREFIX!r}")
             if not isinstance(deployments, list) or not deployments:
                 self.error(where, "must be a non-empty list of deployments")
@@ -269,14 +292,18 @@ class _Parser:
             parsed = []
             for i, dep in enumerate(deployments):
                 dwhere = f"{where}[{i}]"
-                dep = self.mapping(dep, dwhere, {"provider", "model", "weight"}, {"provider", "model"})
+                dep = self.mapping(
+                    dep, dwhere, {"provider", "model", "weight"}, {"provider", "model"}
+                )
                 provider = self.string(dep.get("provider", ""), f"{dwhere}.provider")
                 if "provider" in dep and provider not in providers:
                     self.error(f"{dwhere}.provider", f"unknown provider {provider!r}")
                 model = self.string(dep.get("model", ""), f"{dwhere}.model")
                 if "model" in dep and not model:
                     self.error(f"{dwhere}.model", "must not be empty")
-                weight = self.number(dep.get("weight", 1), f"{dwhere}.weight", minimum=1, integer=True)
+                weight = self.number(
+                    dep.get("weight", 1), f"{dwhere}.weight", minimum=1, integer=True
+                )
                 parsed.append(Deployment(provider, model, weight or 1))
             out[str(public)] = tuple(parsed)
         if not out and not self.errors:
@@ -285,15 +312,23 @@ class _Parser:
 
     def tiers(self, node: Any) -> dict[str, Tier]:
         out: dict[str, Tier] = {}
-        for name, spec in self.mapping(node, "tiers", set(self_keys(node))).items():
+        for name, spec in self.mapping(node, "tiers", None).items():
             where = f"tiers.{name}"
-            spec = self.mapping(spec, where, {"monthly_tokens", "requests_per_minute"},
-                                {"monthly_tokens", "requests_per_minute"})
+            spec = self.mapping(
+                spec,
+                where,
+                {"monthly_tokens", "requests_per_minute"},
+                {"monthly_tokens", "requests_per_minute"},
+            )
             monthly = spec.get("monthly_tokens")
             if monthly is not None:
                 monthly = self.number(monthly, f"{where}.monthly_tokens", minimum=0, integer=True)
-            rpm = self.number(spec.get("requests_per_minute", 1), f"{where}.requests_per_minute",
-                              minimum=1, integer=True)
+            rpm = self.number(
+                spec.get("requests_per_minute", 1),
+                f"{where}.requests_per_minute",
+                minimum=1,
+                integer=True,
+            )
             out[str(name)] = Tier(monthly, rpm or 1)
         for required in ("free", "premium"):
             if required not in out and isinstance(node, dict):
@@ -301,38 +336,53 @@ class _Parser:
         return out
 
     def server(self, node: Any) -> ServerConfig:
-        spec = self.mapping(node, "server", {"host", "port", "max_body_bytes", "default_temperature"})
+        spec = self.mapping(
+            node, "server", {"host", "port", "max_body_bytes", "default_temperature"}
+        )
         d = ServerConfig()
         port = self.number(spec.get("port", d.port), "server.port", minimum=0, integer=True)
         if port is not None and port > 65535:
             self.error("server.port", "must be at most 65535")
-        temperature = self.number(spec.get("default_temperature", d.default_temperature),
-                                  "server.default_temperature", minimum=0)
+        temperature = self.number(
+            spec.get("default_temperature", d.default_temperature),
+            "server.default_temperature",
+            minimum=0,
+        )
         return ServerConfig(
             host=self.string(spec.get("host", d.host), "server.host"),
             port=port if port is not None else d.port,
-            max_body_bytes=self.number(spec.get("max_body_bytes", d.max_body_bytes),
-                                       "server.max_body_bytes", minimum=1, integer=True) or d.max_body_bytes,
+            max_body_bytes=self.number(
+                spec.get("max_body_bytes", d.max_body_bytes),
+                "server.max_body_bytes",
+                minimum=1,
+                integer=True,
+            )
+            or d.max_body_bytes,
             default_temperature=temperature if temperature is not None else d.default_temperature,
         )
 
     def accounting(self, node: Any) -> AccountingConfig:
-        names = ("default_completion_reserve", "hold_ttl_seconds", "key_cache_seconds",
-                 "redis_timeout_seconds")
+        names = (
+            "default_completion_reserve",
+            "hold_ttl_seconds",
+            "key_cache_seconds",
+            "redis_timeout_seconds",
+        )
         spec = self.mapping(node, "accounting", set(names))
         d = AccountingConfig()
         integer = {"default_completion_reserve", "hold_ttl_seconds"}
         values = {
-            n: self.number(spec.get(n, getattr(d, n)), f"accounting.{n}",
-                           minimum=0 if n == "key_cache_seconds" else 0.001, integer=n in integer)
+            n: self.number(
+                spec.get(n, getattr(d, n)),
+                f"accounting.{n}",
+                minimum=0 if n == "key_cache_seconds" else 0.001,
+                integer=n in integer,
+            )
             for n in names
         }
-        return AccountingConfig(**{k: v if v is not None else getattr(d, k) for k, v in values.items()})
-
-
-def self_keys(node: Any) -> list[Any]:
-    """Every key of a free-form mapping is allowed (names chosen by the user)."""
-    return list(node) if isinstance(node, dict) else []
+        return AccountingConfig(
+            **{k: v if v is not None else getattr(d, k) for k, v in values.items()}
+        )
 
 
 def _join(where: str, key: str) -> str:

@@ -43,5 +43,7 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]], extra_chars: int = 0)
             if isinstance(call, dict):
                 function = call.get("function") or {}
                 if isinstance(function, dict):
-                    chars += len(str(function.get("name", ""))) + len(str(function.get("arguments", "")))
+                    chars += len(str(function.get("name", ""))) + len(
+                        str(function.get("arguments", ""))
+                    )
     return estimate_text_tokens(chars) + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST

@@ -129,7 +129,9 @@ class Provider(ABC):
                 return payload["message"]
         return None
 
-    def error_from_response(self, status: int, body: bytes, headers: dict[str, str]) -> GatewayError:
+    def error_from_response(
+        self, status: int, body: bytes, headers: dict[str, str]
+    ) -> GatewayError:
         """Map an upstream error answer to ours.
 
         A 4xx is the client's request (400, with the upstream's message), except 401/403 which

@@ -98,8 +98,10 @@ class OpenAIProvider(Provider):
         body["stream"] = chat.stream
         if chat.stream:
             options = body.get("stream_options")
-            body["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                      "include_usage": True}
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
         else:
             body.pop("stream_options", None)
         return UpstreamRequest(self.url, self.headers, orjson.dumps(body))

@@ -1,0 +1,233 @@
+"""`woozlit-proxy` (or `python -m proxy`): serve, check a config, administer accounts.
+
+This module only parses arguments, reads the environment and config, and runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+
+log = logging.getLogger("proxy")
+
+
+def _config_path(given: str | None) -> str:
+    return given or os.environ.get("WOOZLIT_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+# -- serve -------------------------------------------------------------------------------
+
+
+async def _serve(config: Config, host: str, port: int) -> None:
+    from proxy.app import create_app
+    from proxy.appkeys import BOOTSTRAP_KEY, STATE
+
+    redis_url = os.environ.get("WOOZLIT_REDIS_URL") or None
+    app = create_app(config, redis_url=redis_url, admin_token=os.environ.get("WOOZLIT_ADMIN_TOKEN"))
+    if redis_url is None:
+        log.warning(
+            "no WOOZLIT_REDIS_URL: using the embedded in-process store "
+            "(single process only, nothing persisted)"
+        )
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=2048)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    if BOOTSTRAP_KEY in app:
+        # The embedded store lives and dies with this process: print its one key so that a
+        # newcomer can call the gateway at once. Only here, never in logs.
+        print(f"woozlit-proxy: bootstrap developer key: {app[BOOTSTRAP_KEY]}", flush=True)
+    print(f"woozlit-proxy: listening on http://{host}:{bound}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    app[STATE]["draining"] = True
+    log.info("shutting down: finishing in-flight requests")
+    await runner.cleanup()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(_config_path(args.config))
+    logging.basicConfig(
+        level=os.environ.get("WOOZLIT_LOG_LEVEL", config.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.workers not in (None, 1):
+        print("woozlit-proxy: --workers above 1 is not supported yet", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional on other platforms
+        uvloop = None
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    if uvloop is not None:
+        uvloop.run(_serve(config, host, port))
+    else:
+        asyncio.run(_serve(config, host, port))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    print(f"{args.path}: ok ({len(config.providers)} providers, {len(config.models)} models)")
+    return 0
+
+
+# -- admin commands ----------------------------------------------------------------------
+
+
+async def _admin(args: argparse.Namespace) -> Any:
+    from proxy.accounts import Accounts
+    from proxy.metrics import Metrics
+    from proxy.store import Store, connect
+
+    url = os.environ.get("WOOZLIT_REDIS_URL")
+    if not url:
+        raise SystemExit(
+            "woozlit-proxy: set WOOZLIT_REDIS_URL: admin commands work on a shared store"
+        )
+    config = _load(_config_path(args.config))
+    store = Store(connect(url, 5.0), Metrics(), embedded=False)
+    accounts = Accounts(store, config)
+    try:
+        if args.command == "account":
+            fields = {
+                k: v
+                for k, v in (
+                    ("email", args.email),
+                    ("tier", args.tier),
+                    ("developer", args.developer),
+                    ("disabled", getattr(args, "disabled", None)),
+                    ("monthly_token_limit", args.monthly_token_limit),
+                    ("requests_per_minute", args.requests_per_minute),
+                )
+                if v is not None
+            }
+            for name in ("monthly_token_limit", "requests_per_minute"):
+                if fields.get(name) == -1:
+                    fields[name] = None  # -1 on the command line: back to the tier's value
+            if args.action == "create":
+                return await accounts.create_account(fields)
+            if args.action == "show":
+                return await accounts.get_account(args.id)
+            return await accounts.update_account(args.id, fields)
+        if args.command == "key":
+            if args.action == "create":
+                return await accounts.create_key(args.account, args.name)
+            if args.action == "list":
+                return {"data": await accounts.list_keys(args.account)}
+            await accounts.revoke_key(args.key_id)
+            return {"revoked": args.key_id}
+        return await accounts.usage(args.account, args.month)
+    finally:
+        await store.close()
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from proxy.errors import GatewayError
+
+    try:
+        result = asyncio.run(_admin(args))
+    except GatewayError as exc:
+        print(orjson.dumps({"error": exc.message}).decode(), file=sys.stderr)
+        return 1
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("true", "yes", "1"):
+        return True
+    if value.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError("expected true or false")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="woozlit-proxy", description="The Woozlit API gateway.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument(
+        "--config", help=f"config file (default $WOOZLIT_CONFIG or {DEFAULT_CONFIG_PATH})"
+    )
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int)
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("path")
+    c.set_defaults(func=cmd_check_config)
+
+    a = sub.add_parser("account", help="create, show or update an account")
+    a.add_argument("action", choices=("create", "show", "update"))
+    a.add_argument("id", nargs="?", help="account id (show, update)")
+    a.add_argument("--email")
+    a.add_argument("--tier")
+    a.add_argument("--developer", type=_bool)
+    a.add_argument("--disabled", type=_bool)
+    a.add_argument("--monthly-token-limit", type=int, help="-1: back to the tier's value")
+    a.add_argument("--requests-per-minute", type=int, help="-1: back to the tier's value")
+    a.set_defaults(func=cmd_admin)
+
+    k = sub.add_parser("key", help="create, list or revoke API keys")
+    ksub = k.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create")
+    kc.add_argument("account")
+    kc.add_argument("--name", required=True)
+    kl = ksub.add_parser("list")
+    kl.add_argument("account")
+    kr = ksub.add_parser("revoke")
+    kr.add_argument("key_id")
+    k.set_defaults(func=cmd_admin)
+
+    u = sub.add_parser("usage", help="an account's usage for a month")
+    u.add_argument("account")
+    u.add_argument("--month", help="YYYY-MM (default: this month)")
+    u.set_defaults(func=cmd_admin)
+
+    for admin_parser in (a, kc, kl, kr, u):
+        admin_parser.add_argument("--config", help="config file (for the tiers)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "account" and args.action in ("show", "update") and not args.id:
+        parser().error(f"account {args.action} needs an account id")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

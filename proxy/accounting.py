@@ -1,0 +1,185 @@
+"""Admission and settlement: the two Redis round trips of every request.
+
+Theory of operation. Before a request goes upstream, `admit` runs one Lua script that checks
+the key and its account, applies the key's sliding-window rate limit and, for limited
+accounts, reserves a hold of (prompt estimate + max_tokens) tokens on the month's quota:
+`used + held + hold <= limit`, atomically, so concurrent requests on any number of gateway
+instances can never together overspend. After the answer (streamed or not, completed or
+cut), `settle` runs one script that charges the tokens really used and releases the hold.
+Settling is idempotent by our request id; a hold whose instance died expires by itself.
+
+The only thing cached in-process is the digest -> (account, key id) mapping, which never
+changes; revocation is a flag read by the admit script itself, so it acts on every
+instance at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from proxy import auth, keys
+from proxy.config import Config
+from proxy.errors import Forbidden, QuotaExceeded, RateLimited, ServiceUnavailable, Unauthorized
+from proxy.metrics import Metrics
+from proxy.providers.base import Usage
+from proxy.store import Store
+
+log = logging.getLogger("proxy.accounting")
+
+KEY_CACHE_SIZE = 100_000
+SETTLE_RETRY_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class Admission:
+    account_id: str
+    key_id: str
+    request_id: str
+    held: int
+    headers: dict[str, str]  # the x-ratelimit-* headers for the answer
+
+
+def _duration(ms: int) -> str:
+    """A reset time as OpenAI writes it: '60s', '1.5s', '20ms'."""
+    return f"{ms}ms" if ms < 1000 else f"{ms / 1000:g}s"
+
+
+class Accountant:
+    def __init__(self, store: Store, config: Config, metrics: Metrics):
+        self.store = store
+        self.metrics = metrics
+        self.hold_ttl_ms = config.accounting.hold_ttl_seconds * 1000
+        self.tier_args: list[str | int] = []
+        for name, tier in config.tiers.items():
+            limit = "" if tier.monthly_tokens is None else tier.monthly_tokens
+            self.tier_args += [name, limit, tier.requests_per_minute]
+        self._owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._retries: set[asyncio.Task[None]] = set()
+        self._refused = {
+            reason: metrics.admissions.labels(reason)
+            for reason in ("admitted", "auth", "forbidden", "rate_limit", "quota", "store")
+        }
+
+    async def identify(self, authorization: str | None) -> tuple[str, str]:
+        """(account id, key id) of the request's key; 401 when it is malformed or unknown."""
+        try:
+            key = auth.bearer_key(authorization)
+        except Unauthorized:
+            self._refused["auth"].inc()
+            raise
+        digest = auth.digest(key)
+        owner = self._owners.get(digest)
+        if owner is None:
+            try:
+                value = await self.store.command("get", keys.key_digest(digest))
+            except ServiceUnavailable:
+                self._refused["store"].inc()
+                raise
+            if not value:
+                self._refused["auth"].inc()
+                raise Unauthorized("Invalid API key.")
+            account_id, _, key_id = value.partition(":")
+            owner = (account_id, key_id)
+            self._owners[digest] = owner
+            if len(self._owners) > KEY_CACHE_SIZE:
+                self._owners.popitem(last=False)
+        return owner
+
+    async def admit(
+        self, authorization: str | None, request_id: str, hold: int, *, consume: bool = True
+    ) -> Admission:
+        """Authenticate, rate-limit and reserve `hold` tokens, in one script call."""
+        account_id, key_id = await self.identify(authorization)
+        try:
+            reply = await self.store.run(
+                "admit",
+                lambda month: keys.admit_keys(account_id, key_id, month),
+                [request_id, hold, self.hold_ttl_ms, "1" if consume else "0", "", *self.tier_args],
+            )
+        except ServiceUnavailable:
+            self._refused["store"].inc()
+            raise
+        code = reply[0]
+        if code == "ok":
+            self._refused["admitted"].inc()
+            rpm, remaining, reset_ms = reply[1], reply[2], reply[3]
+            headers = {
+                "x-ratelimit-limit-requests": str(rpm),
+                "x-ratelimit-remaining-requests": str(max(remaining, 0)),
+                "x-ratelimit-reset-requests": _duration(reset_ms),
+            }
+            held = hold if consume and reply[4] >= 0 else 0
+            return Admission(account_id, key_id, request_id, held, headers)
+        if code in ("unknown", "revoked"):
+            self._refused["auth"].inc()
+            raise Unauthorized("Invalid API key.")
+        if code == "disabled":
+            self._refused["forbidden"].inc()
+            raise Forbidden("This account is disabled.")
+        if code == "nodev":
+            self._refused["forbidden"].inc()
+            raise Forbidden("This account does not have developer access; ask an administrator.")
+        if code == "rate":
+            self._refused["rate_limit"].inc()
+            rpm, retry_ms = reply[1], reply[3]
+            raise RateLimited(
+                f"Rate limit of {rpm} requests per minute exceeded for this API key; "
+                f"retry after {-(-retry_ms // 1000)} s.",
+                headers={
+                    "Retry-After": str(-(-retry_ms // 1000)),
+                    "x-ratelimit-limit-requests": str(rpm),
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": _duration(retry_ms),
+                },
+            )
+        if code == "quota":
+            self._refused["quota"].inc()
+            raise QuotaExceeded()
+        raise ServiceUnavailable(f"Unexpected answer from the accounting store: {code!r}.")
+
+    async def settle(self, admission: Admission, usage: Usage, model: str, *, served: bool) -> None:
+        """Charge `usage` and release the hold; retried in the background if the store fails."""
+        args = [
+            admission.request_id,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            model,
+            admission.key_id,
+            "1" if served else "0",
+            keys.USAGE_TTL_SECONDS,
+            keys.SETTLED_MEMORY_MS,
+            "",
+        ]
+        try:
+            await self._settle(admission.account_id, args)
+        except ServiceUnavailable:
+            # Settling is idempotent, so trying again until the store is back is safe.
+            log.warning("settle of %s failed; retrying in the background", admission.request_id)
+            task = asyncio.create_task(self._settle_later(admission.account_id, args))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            return
+        self.metrics.tokens_charged.inc(usage.total_tokens)
+
+    async def _settle(self, account_id: str, args: list[object]) -> None:
+        await self.store.run("settle", lambda month: keys.settle_keys(account_id, month), args)
+
+    async def _settle_later(self, account_id: str, args: list[object]) -> None:
+        deadline = asyncio.get_running_loop().time() + self.hold_ttl_ms / 1000
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(SETTLE_RETRY_SECONDS)
+            try:
+                await self._settle(account_id, args)
+            except ServiceUnavailable:
+                continue
+            self.metrics.tokens_charged.inc(int(args[1]) + int(args[2]))  # type: ignore[call-overload]
+            return
+        log.error("settle of %s abandoned after %s s", args[0], self.hold_ttl_ms // 1000)
+
+    async def drain(self, seconds: float) -> None:
+        """Wait for background settles (at shutdown)."""
+        if self._retries:
+            await asyncio.wait(set(self._retries), timeout=seconds)

@@ -1,0 +1,216 @@
+"""The app factory: routes, middleware, and the lifetime of shared resources.
+
+`create_app(config, ...)` builds an aiohttp Application; each shared resource (the upstream
+ClientSession, the store) is opened and closed by one cleanup context. Handlers reach them
+through the typed keys of `appkeys.py`. Nothing here reads the environment: `__main__`
+does, and passes what it found.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from proxy import admin
+from proxy.accounting import Accountant
+from proxy.accounts import Accounts, next_month_start
+from proxy.appkeys import (
+    ACCOUNTANT,
+    ACCOUNTS,
+    BOOTSTRAP_KEY,
+    CONFIG,
+    METRICS,
+    REQUEST_ID,
+    ROUTER,
+    STATE,
+    STORE,
+    UPSTREAM,
+    X_REQUEST_ID,
+)
+from proxy.chat import chat_completions
+from proxy.config import Config
+from proxy.errors import GatewayError
+from proxy.metrics import CONTENT_TYPE, Metrics
+from proxy.routing import Router
+from proxy.store import Store, connect
+from proxy.upstream import Upstream
+
+log = logging.getLogger("proxy")
+
+API_PREFIXES = ("/api/woozlit/v1", "/v1")
+MODELS_CREATED = 1733011200  # 2024-12-01, when the model list was set; stable for clients
+HTTP_MESSAGES = {
+    404: "Not found.",
+    405: "Method not allowed.",
+    413: "Request body too large.",
+}
+_REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": message}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every failure becomes `{"error": "..."}` with its status; never a traceback."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc.status, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        message = HTTP_MESSAGES.get(exc.status) or exc.reason + "."
+        return error_response(exc.status, message, headers)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "Internal server error.")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Our id for the request (the response `id`, the accounting id), and `x-request-id`."""
+    request_id = "woozlit-" + secrets.token_hex(12)
+    request[REQUEST_ID] = request_id
+    given = request.headers.get("x-request-id", "")
+    ok = given and len(given) <= 128 and all(c in _REQUEST_ID_OK for c in given)
+    request[X_REQUEST_ID] = given if ok else request_id
+    return await handler(request)
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    rid = request.get(X_REQUEST_ID)
+    if rid:
+        response.headers["x-request-id"] = rid
+
+
+async def list_models(request: web.Request) -> web.Response:
+    app = request.app
+    admission = await app[ACCOUNTANT].admit(
+        request.headers.get("Authorization"), request[REQUEST_ID], 0, consume=False
+    )
+    router = app[ROUTER]
+    data = [
+        {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": router.owner(name)}
+        for name in router.routes
+    ]
+    return web.Response(
+        body=orjson.dumps({"object": "list", "data": data}),
+        content_type="application/json",
+        headers=admission.headers,
+    )
+
+
+async def key_usage(request: web.Request) -> web.Response:
+    app = request.app
+    admission = await app[ACCOUNTANT].admit(
+        request.headers.get("Authorization"), request[REQUEST_ID], 0, consume=False
+    )
+    full = await app[ACCOUNTS].usage(admission.account_id)
+    body = {k: full[k] for k in ("month", "limit", "used", "remaining")}
+    body["reset_at"] = next_month_start(full["month"])
+    return web.Response(
+        body=orjson.dumps(body), content_type="application/json", headers=admission.headers
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    if app[STATE]["draining"]:
+        return error_response(503, "Draining: not accepting new work.")
+    if not await app[STORE].ping():
+        return error_response(503, "The accounting store is unreachable.")
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def create_app(
+    config: Config,
+    *,
+    redis_url: str | None = None,
+    admin_token: str | None = None,
+    bootstrap: bool | None = None,
+) -> web.Application:
+    """The gateway as an aiohttp Application.
+
+    `redis_url` None means the embedded store; `bootstrap` (default: when embedded) creates
+    a developer account and key at start, kept in `app[BOOTSTRAP_KEY]`.
+    """
+    app = web.Application(
+        middlewares=[request_id_middleware, errors_middleware],
+        client_max_size=config.server.max_body_bytes,
+    )
+    metrics_ = Metrics()
+    app[CONFIG] = config
+    app[METRICS] = metrics_
+    app[ROUTER] = Router(config)
+    app[STATE] = {"draining": False}
+    app.on_response_prepare.append(_add_request_id)
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        client = connect(redis_url, config.accounting.redis_timeout_seconds)
+        store = Store(client, metrics_, embedded=redis_url is None)
+        app[STORE] = store
+        app[ACCOUNTANT] = Accountant(store, config, metrics_)
+        app[ACCOUNTS] = Accounts(store, config)
+        if bootstrap if bootstrap is not None else redis_url is None:
+            app[BOOTSTRAP_KEY] = await _bootstrap(app[ACCOUNTS])
+        yield
+        await app[ACCOUNTANT].drain(seconds=5)
+        await store.close()
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
+        )
+        session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+        )
+        app[UPSTREAM] = Upstream(session, metrics_)
+        yield
+        await session.close()
+
+    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(session_ctx)
+
+    for prefix in API_PREFIXES:
+        app.router.add_post(prefix + "/chat/completions", chat_completions)
+        app.router.add_get(prefix + "/models", list_models)
+        app.router.add_get(prefix + "/usage", key_usage)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    if admin_token:
+        admin.add_routes(app, admin_token)
+    return app
+
+
+async def _bootstrap(accounts: Accounts) -> str:
+    account = await accounts.create_account(
+        {"tier": "premium", "developer": True, "email": "bootstrap@localhost"}
+    )
+    key = await accounts.create_key(account["id"], "bootstrap")
+    return str(key["key"])

@@ -1,0 +1,133 @@
+"""POST /chat/completions: the path of one request, from the client to a provider and back.
+
+    read and validate the body            validation.py
+    admit: key, rate limit, quota hold    accounting.py (one Redis round trip)
+    pick the deployment                   routing.py
+    translate and send, answer or stream  providers/*, upstream.py
+    settle what was used                  accounting.py (one Redis round trip, always)
+
+Settlement runs in `finally` under `asyncio.shield`, so a client that disconnects (aiohttp
+cancels the handler) or an upstream that fails still gets exactly what was produced charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.appkeys import ACCOUNTANT, CONFIG, METRICS, REQUEST_ID, ROUTER, UPSTREAM
+from proxy.errors import GatewayError
+from proxy.providers.base import ChatRequest, StreamTranslator, Usage
+from proxy.tokens import estimate_text_tokens
+from proxy.validation import read_json_object, validate_chat
+
+
+def estimate_completion(payload: dict[str, Any], chat: ChatRequest) -> Usage:
+    """Usage of a non-stream answer whose upstream reported none."""
+    chars = 0
+    for choice in payload.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            content = message.get("content")
+            chars += len(content) if isinstance(content, str) else 0
+            for call in message.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    chars += len(str(function.get("arguments") or ""))
+    return Usage(chat.prompt_tokens_estimate, estimate_text_tokens(chars), estimated=True)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    config, metrics, router = app[CONFIG], app[METRICS], app[ROUTER]
+    accountant, upstream = app[ACCOUNTANT], app[UPSTREAM]
+    started = time.perf_counter()
+
+    body = await read_json_object(request, config.server.max_body_bytes)
+    chat = validate_chat(
+        body,
+        models=router.routes,
+        accept=request.headers.get("Accept", ""),
+        default_temperature=config.server.default_temperature,
+    )
+    request_id = request[REQUEST_ID]
+    hold = chat.prompt_tokens_estimate + (
+        chat.max_tokens or config.accounting.default_completion_reserve
+    )
+    admission = await accountant.admit(request.headers.get("Authorization"), request_id, hold)
+
+    deployment, provider = router.route(chat.public_model)[0]
+    model = chat.public_model
+    stream_label = "true" if chat.stream else "false"
+    headers = {**admission.headers, "x-woozlit-provider": provider.config.name}
+    translator: StreamTranslator | None = None
+    usage: Usage | None = None
+    sent = False  # the request reached the provider
+    status = "499"  # until we know better: the client went away
+    first_byte: list[float] = []
+
+    def on_first_chunk() -> None:
+        first_byte.append(time.perf_counter())
+
+    metrics.in_flight.inc()
+    try:
+        upstream_request = provider.build_request(chat, deployment)
+        if chat.stream:
+            translator = provider.stream_translator(chat)
+            resp = await upstream.open(provider, upstream_request)
+            sent = True
+            stamp = {
+                "id": request_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+            }
+            metrics.open_streams.inc()
+            try:
+                out = await upstream.pump(
+                    request, provider, resp, translator, stamp, headers, on_first_chunk
+                )
+            finally:
+                metrics.open_streams.dec()
+            status = "200"
+            return out
+        sent = True
+        payload, usage = await upstream.complete(provider, upstream_request, chat)
+        if usage is None:
+            usage = estimate_completion(payload, chat)
+        payload["id"] = request_id
+        payload["object"] = "chat.completion"
+        payload["model"] = model
+        payload["usage"] = usage.as_dict()
+        status = "200"
+        first_byte.append(time.perf_counter())
+        return web.Response(
+            body=orjson.dumps(payload), content_type="application/json", headers=headers
+        )
+    except GatewayError as exc:
+        status = str(exc.status)
+        if exc.status in (502, 504):
+            sent = False  # nothing came back: nothing to charge
+        exc.headers = {**headers, **exc.headers}
+        raise
+    finally:
+        metrics.in_flight.dec()
+        if translator is not None and (translator.usage or translator.produced_chars):
+            usage = translator.final_usage()
+        if usage is None and sent and status == "499":
+            # The client left while the provider was working on the prompt: that much was spent.
+            usage = Usage(chat.prompt_tokens_estimate, 0, estimated=True)
+        usage = usage or Usage(0, 0)
+        await asyncio.shield(accountant.settle(admission, usage, model, served=status == "200"))
+        metrics.requests.labels(model, provider.config.name, status).inc()
+        if usage.total_tokens:
+            metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+            metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+        now = time.perf_counter()
+        metrics.duration.labels(model, stream_label).observe(now - started)
+        if first_byte:
+            metrics.ttfb.labels(model, stream_label).observe(first_byte[0] - started)

@@ -1,0 +1,108 @@
+"""Every Prometheus metric of the gateway, named here and nowhere else.
+
+The metrics live on the app's own registry (no global state). Labels are bounded: public
+model names come from the config (anything else is "unknown"), providers from the config,
+statuses and reasons from small fixed sets; never a key, an account or a raw path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "woozlit_requests_total",
+            "Chat completion requests by public model, provider and status.",
+            ["model", "provider", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "woozlit_request_duration_seconds",
+            "Time from request to the end of the answer.",
+            ["model", "stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "woozlit_time_to_first_byte_seconds",
+            "Time from request to the first byte of the answer (first token, for streams).",
+            ["model", "stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "woozlit_tokens_total",
+            "Tokens used by public model and kind (prompt, completion).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "woozlit_upstream_errors_total",
+            "Upstream failures by provider and kind.",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "woozlit_in_flight_requests",
+            "Chat completion requests being served.",
+            registry=r,
+        )
+        self.open_streams = Gauge(
+            "woozlit_open_streams",
+            "Streams open to clients.",
+            registry=r,
+        )
+        self.admissions = Counter(
+            "woozlit_admissions_total",
+            "Admission decisions: admitted, or refused by reason "
+            "(auth, forbidden, rate_limit, quota, store).",
+            ["result"],
+            registry=r,
+        )
+        self.tokens_charged = Counter(
+            "woozlit_tokens_charged_total",
+            "Tokens charged to monthly quotas.",
+            registry=r,
+        )
+        self.redis_latency = Histogram(
+            "woozlit_redis_seconds",
+            "Latency of Redis calls by operation.",
+            ["op"],
+            buckets=REDIS_BUCKETS,
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "woozlit_redis_errors_total",
+            "Failed Redis calls by operation.",
+            ["op"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,120 @@
+"""The accounting store: a Redis client (or the embedded fakeredis), and our Lua scripts.
+
+Scripts are `.lua` files in `proxy/lua/`, each prefixed with `clock.lua`, registered once and
+called by SHA (redis-py reloads them on NOSCRIPT, after a Redis restart). Every failure of the
+store becomes a 503 here, fast: short socket timeouts, one retry of a broken connection.
+There is no fallback to per-process limits: without the store, nothing is admitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from proxy.errors import ServiceUnavailable
+from proxy.metrics import Metrics
+
+log = logging.getLogger("proxy.store")
+
+SCRIPTS = ("admit", "settle", "charge")
+
+
+def month_of(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
+
+
+def connect(url: str | None, timeout: float) -> Any:
+    """A client for `url` (redis, rediss, unix, redis+cluster), or the embedded store."""
+    if not url:
+        import fakeredis
+
+        return fakeredis.FakeAsyncRedis(decode_responses=True)
+    options: dict[str, Any] = dict(
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=0,
+    )
+    if url.startswith("redis+cluster://"):
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"), **options)
+    return aioredis.from_url(url, **options)
+
+
+def _source(name: str) -> str:
+    lua = resources.files("proxy") / "lua"
+    return (lua / "clock.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+class Store:
+    """The Redis client with our scripts, and month bookkeeping shared with Redis's clock."""
+
+    def __init__(self, client: Any, metrics: Metrics, *, embedded: bool):
+        self.client = client
+        self.metrics = metrics
+        self.embedded = embedded
+        self.scripts = {name: client.register_script(_source(name)) for name in SCRIPTS}
+        # The month Redis last told us it is, when our clock disagreed (see `run`).
+        self._month_hint: tuple[float, str] | None = None
+        self._latency = {name: metrics.redis_latency.labels(name) for name in (*SCRIPTS, "command")}
+        self._errors = {name: metrics.redis_errors.labels(name) for name in (*SCRIPTS, "command")}
+
+    def month(self) -> str:
+        now = time.time()
+        if self._month_hint and now - self._month_hint[0] < 60:
+            return self._month_hint[1]
+        return month_of(now)
+
+    async def run(self, name: str, keys_for_month: Any, args: list[Any]) -> list[Any]:
+        """Run script `name` for the current month; `keys_for_month(month)` gives its KEYS.
+
+        The scripts take the month from Redis's clock and answer {'month', m} when ours
+        disagrees (at a month's edge, or with a skewed clock); then we run it again for m.
+        """
+        month = self.month()
+        for _ in range(2):
+            reply = await self.call(name, keys_for_month(month), [month, *args])
+            if reply[0] != "month":
+                return reply
+            month = reply[1]
+            self._month_hint = (time.time(), month)
+        raise ServiceUnavailable("The accounting store's clock is unstable; retry shortly.")
+
+    async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            reply = await self.scripts[name](keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            self._errors[name].inc()
+            log.warning("redis script %s failed: %s", name, exc)
+            raise ServiceUnavailable("The accounting store is unavailable; retry shortly.") from exc
+        self._latency[name].observe(time.perf_counter() - start)
+        return reply
+
+    async def command(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One plain Redis command, with the same error translation as the scripts."""
+        try:
+            return await getattr(self.client, method)(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            self._errors["command"].inc()
+            log.warning("redis %s failed: %s", method, exc)
+            raise ServiceUnavailable("The accounting store is unavailable; retry shortly.") from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()

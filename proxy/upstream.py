@@ -1,0 +1,162 @@
+"""HTTP to providers: send a provider's request, hand its answer back, pump its stream.
+
+This is the one boundary where aiohttp's client errors become ours: refused or reset
+connections are 502, timeouts 504, an upstream error status whatever the provider maps it to.
+
+Streams are pumped event by event: every read from the upstream socket is parsed at once,
+each complete event is translated and written to the client before the next read, and a
+write goes straight to the transport (no buffering of ours, TCP_NODELAY on aiohttp's side).
+The client's response is prepared lazily, at the first chunk, so that a failure before any
+byte has gone out still gets a proper status and, later, a retry on another deployment.
+Once headers are out, a failure is one `data: {"error": ...}` event and the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from proxy.errors import GatewayError, UpstreamError, UpstreamTimeout
+from proxy.metrics import Metrics
+from proxy.providers.base import ChatRequest, Provider, StreamTranslator, UpstreamRequest, Usage
+from proxy.sse import DONE, SSEParser, frame
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class Upstream:
+    """The shared client session, and the request/response cycle with one provider."""
+
+    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics):
+        self.session = session
+        self.metrics = metrics
+
+    async def open(self, provider: Provider, req: UpstreamRequest) -> aiohttp.ClientResponse:
+        """Send the request; return the response once its headers say 2xx."""
+        timeouts = provider.config.timeouts
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                resp = await self.session.post(
+                    req.url,
+                    data=req.body,
+                    headers=req.headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
+                )
+                if resp.status >= 300:
+                    body = await resp.read()
+                    resp.release()
+                    self.metrics.upstream_errors.labels(
+                        provider.config.name, f"http_{resp.status}"
+                    ).inc()
+                    raise provider.error_from_response(resp.status, body, _lower(resp.headers))
+        except TimeoutError as exc:
+            self.metrics.upstream_errors.labels(provider.config.name, "timeout").inc()
+            raise UpstreamTimeout(
+                f"Provider '{provider.config.name}' did not answer in time."
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            self.metrics.upstream_errors.labels(provider.config.name, "connect").inc()
+            raise UpstreamError(f"Could not reach provider '{provider.config.name}'.") from exc
+        return resp
+
+    async def complete(
+        self, provider: Provider, req: UpstreamRequest, chat: ChatRequest
+    ) -> tuple[dict[str, Any], Usage | None]:
+        """A non-stream answer as an OpenAI completion dict."""
+        resp = await self.open(provider, req)
+        try:
+            async with asyncio.timeout(provider.config.timeouts.idle):
+                body = await resp.read()
+        except TimeoutError as exc:
+            self.metrics.upstream_errors.labels(provider.config.name, "timeout").inc()
+            raise UpstreamTimeout(f"Provider '{provider.config.name}' stalled.") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            self.metrics.upstream_errors.labels(provider.config.name, "reset").inc()
+            raise UpstreamError(
+                f"Provider '{provider.config.name}' dropped the connection."
+            ) from exc
+        finally:
+            resp.release()
+        return provider.parse_response(body, chat)
+
+    async def pump(
+        self,
+        request: web.Request,
+        provider: Provider,
+        resp: aiohttp.ClientResponse,
+        translator: StreamTranslator,
+        stamp: dict[str, Any],
+        headers: dict[str, str],
+        on_first_chunk: Callable[[], None],
+    ) -> web.StreamResponse:
+        """Forward the upstream stream to the client, one event at a time."""
+        out: web.StreamResponse | None = None
+        parser = SSEParser()
+        idle = provider.config.timeouts.idle
+        name = provider.config.name
+        content = resp.content
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        data = await content.readany()
+                except TimeoutError as exc:
+                    self.metrics.upstream_errors.labels(name, "stalled").inc()
+                    raise UpstreamTimeout(f"Provider '{name}' stalled mid-stream.") from exc
+                except (aiohttp.ClientError, OSError) as exc:
+                    self.metrics.upstream_errors.labels(name, "reset").inc()
+                    raise UpstreamError(f"Provider '{name}' dropped the stream.") from exc
+                events = parser.feed(data) if data else parser.close()
+                for event in events:
+                    for chunk in translator.feed(event):
+                        if out is None:
+                            out = await self._start(request, headers)
+                            on_first_chunk()
+                        chunk.update(stamp)
+                        await out.write(frame(orjson.dumps(chunk)))
+                if not data:
+                    break
+            for chunk in translator.finish():
+                if out is None:
+                    out = await self._start(request, headers)
+                    on_first_chunk()
+                chunk.update(stamp)
+                await out.write(frame(orjson.dumps(chunk)))
+            if not translator.done:
+                self.metrics.upstream_errors.labels(name, "truncated").inc()
+                raise UpstreamError(f"Provider '{name}' ended the stream early.")
+        except GatewayError as exc:
+            if out is None:
+                raise
+            await out.write(frame(orjson.dumps({"error": exc.message})))
+            await out.write_eof()
+            return out
+        finally:
+            # On any early exit (client gone, error) the body is unfinished, and release()
+            # closes the connection: the provider sees it at once and stops generating.
+            resp.release()
+        if out is None:
+            out = await self._start(request, headers)
+            on_first_chunk()
+        await out.write(DONE)
+        await out.write_eof()
+        return out
+
+    @staticmethod
+    async def _start(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+        out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+        await out.prepare(request)
+        return out
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}

@@ -1,0 +1,159 @@
+"""Request bodies in: read, decode and validate a chat completions request.
+
+Every failure is a BadRequest naming the field, so a client sees at once what to fix. Fields
+we do not check here (tools, stop, seed, response_format, ...) pass through to upstreams that
+understand them; providers that translate check what they translate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.config import PUBLIC_PREFIX
+from proxy.errors import BadRequest, PayloadTooLarge
+from proxy.providers.base import ChatRequest
+from proxy.tokens import estimate_prompt_tokens
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+# name -> (low, high): numeric fields and their ranges, as in OpenAI's API reference.
+RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "presence_penalty": (-2.0, 2.0),
+}
+POSITIVE_INTS = ("max_tokens", "max_completion_tokens", "n")
+
+
+async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object; 413 past `limit` bytes, 400 for anything else."""
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise BadRequest("Content-Type must be application/json.")
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
+    raw = bytearray()
+    async for piece in request.content.iter_any():
+        raw += piece
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
+    if not raw:
+        raise BadRequest("Request body is empty; send a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("Request body is not valid UTF-8.") from exc
+        raise BadRequest(f"Request body is not valid JSON: {exc.msg}.") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("Request body must be a JSON object.")
+    return body
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_message(i: int, message: Any) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(message, dict):
+        raise BadRequest(f"'{where}' must be an object.")
+    role = message.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        raise BadRequest(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}.")
+    content = message.get("content")
+    if content is None:
+        if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
+            return
+        raise BadRequest(f"'{where}.content' is required.")
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise BadRequest(f"'{where}.content' must be a string or an array of content parts.")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise BadRequest(f"'{where}.content[{j}]' must be an object with a 'type'.")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise BadRequest(f"'{where}.content[{j}].text' must be a string.")
+    tool_calls = message.get("tool_calls")
+    if tool_calls is not None and not isinstance(tool_calls, list):
+        raise BadRequest(f"'{where}.tool_calls' must be an array.")
+
+
+def validate_chat(
+    body: dict[str, Any],
+    *,
+    models: Mapping[str, Any],
+    accept: str,
+    default_temperature: float,
+) -> ChatRequest:
+    """Check a chat completions body and apply the gateway's defaults."""
+    model = body.get("model")
+    if model is None:
+        raise BadRequest("'model' is required.")
+    if not isinstance(model, str):
+        raise BadRequest("'model' must be a string.")
+    if not model.startswith(PUBLIC_PREFIX):
+        raise BadRequest(f"'model' must start with '{PUBLIC_PREFIX}', e.g. 'woozlit/gpt-4o-mini'.")
+    if model not in models:
+        raise BadRequest(f"Unknown model '{model}'; GET /api/woozlit/v1/models lists the models.")
+
+    messages = body.get("messages")
+    if messages is None:
+        raise BadRequest("'messages' is required.")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array.")
+    for i, message in enumerate(messages):
+        _check_message(i, message)
+
+    for name, (low, high) in RANGES.items():
+        value = body.get(name)
+        if value is not None and (not _is_number(value) or not low <= value <= high):
+            raise BadRequest(f"'{name}' must be a number from {low:g} to {high:g}.")
+    for name in POSITIVE_INTS:
+        value = body.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise BadRequest(f"'{name}' must be a positive integer.")
+
+    stream = body.get("stream")
+    if stream is None:
+        # The seed says streaming by default; the OpenAI SDKs, which expect JSON when they do
+        # not ask for a stream, announce it with Accept: application/json (interface.md).
+        accept = accept.lower()
+        stream = not ("application/json" in accept and "text/event-stream" not in accept)
+    elif not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean.")
+    body["stream"] = stream
+
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise BadRequest("'stream_options' must be an object.")
+        include_usage = options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise BadRequest("'stream_options.include_usage' must be a boolean.")
+
+    if body.get("temperature") is None:
+        body["temperature"] = default_temperature
+
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    tools = body.get("tools")
+    extra = len(orjson.dumps(tools)) if tools else 0
+    return ChatRequest(
+        body=body,
+        public_model=model,
+        stream=stream,
+        include_usage=include_usage and stream,
+        max_tokens=max_tokens,
+        prompt_tokens_estimate=estimate_prompt_tokens(messages, extra),
+    )

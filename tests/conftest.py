@@ -1,0 +1,199 @@
+"""Shared fixtures: a real redis-server on a free port, fake upstreams, gateways on real ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.app import create_app
+from proxy.appkeys import ACCOUNTS
+from proxy.config import parse_config
+from tests.fakes.openai_upstream import Record, create_fake_openai
+
+ADMIN_TOKEN = "test-admin-token"
+DEFAULT_TIERS = {
+    "free": {"monthly_tokens": 1_000_000, "requests_per_minute": 60},
+    "premium": {"monthly_tokens": None, "requests_per_minute": 100_000},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server process of our own on a free port."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.dir = tempfile.mkdtemp(prefix="woozlit-redis-")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.binary = binary
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def flush(self) -> None:
+        client = redis.Redis(port=self.port)
+        client.flushall()
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A clean database on the session's redis-server."""
+    if redis_server.proc is None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url
+
+
+@dataclass
+class FakeUpstream:
+    url: str
+    record: Record
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeUpstream]:
+    record = Record()
+    server = TestServer(create_fake_openai(record))
+    await server.start_server()
+    yield FakeUpstream(str(server.make_url("/v1")), record)
+    await server.close()
+
+
+def openai_provider(url: str, **extra: Any) -> dict[str, Any]:
+    return {"kind": "openai", "base_url": url, "api_key": "sk-test-provider-key", **extra}
+
+
+@dataclass
+class Gateway:
+    app: web.Application
+    server: TestServer
+    base_url: str  # http://127.0.0.1:PORT
+    api_key: str
+    account_id: str
+
+    @property
+    def api(self) -> str:
+        return self.base_url + "/api/woozlit/v1"
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.api_key}"}
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[GatewayFactory]:
+    """Start gateways: `await gateway(providers=..., models=..., redis_url=None, ...)`.
+
+    Each has its own app on a real loopback port (so the openai SDK can reach it), an
+    account (premium and developer unless `account=` says otherwise) and a key for it, or
+    the account and key of `same_account_as` (two instances sharing one Redis).
+    """
+    servers: list[TestServer] = []
+
+    async def start(
+        providers: dict[str, Any],
+        models: dict[str, Any],
+        *,
+        tiers: dict[str, Any] | None = None,
+        accounting: dict[str, Any] | None = None,
+        server: dict[str, Any] | None = None,
+        redis_url: str | None = None,
+        account: dict[str, Any] | None = None,
+        admin_token: str | None = ADMIN_TOKEN,
+        same_account_as: Gateway | None = None,
+    ) -> Gateway:
+        raw: dict[str, Any] = {
+            "providers": providers,
+            "models": models,
+            "tiers": tiers or DEFAULT_TIERS,
+        }
+        if accounting:
+            raw["accounting"] = accounting
+        if server:
+            raw["server"] = server
+        config = parse_config(raw, "test.yaml", os.environ)
+        app = create_app(config, redis_url=redis_url, admin_token=admin_token, bootstrap=False)
+        test_server = TestServer(app)
+        await test_server.start_server()
+        servers.append(test_server)
+        base_url = str(test_server.make_url("")).rstrip("/")
+        if same_account_as is not None:
+            return Gateway(
+                app, test_server, base_url, same_account_as.api_key, same_account_as.account_id
+            )
+        accounts = app[ACCOUNTS]
+        acct = await accounts.create_account(account or {"tier": "premium", "developer": True})
+        key = await accounts.create_key(acct["id"], "test")
+        return Gateway(app, test_server, base_url, key["key"], acct["id"])
+
+    yield start
+    for s in reversed(servers):
+        await s.close()

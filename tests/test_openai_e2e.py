@@ -1,0 +1,132 @@
+"""The gateway in front of an OpenAI-compatible upstream, through the official openai SDK."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.conftest import FakeUpstream, GatewayFactory, openai_provider
+from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT
+
+MODELS = {
+    "woozlit/gpt-4o-mini": [{"provider": "openai", "model": "gpt-4o-mini"}],
+    "woozlit/deepseek-chat": [{"provider": "deepseek", "model": "deepseek-chat"}],
+    "woozlit/deepseek-reasoner": [{"provider": "deepseek", "model": "deepseek-reasoner"}],
+    "woozlit/bad-request": [{"provider": "openai", "model": "error-400"}],
+    "woozlit/bad-credentials": [{"provider": "openai", "model": "error-401"}],
+    "woozlit/overloaded": [{"provider": "openai", "model": "error-429"}],
+    "woozlit/broken": [{"provider": "openai", "model": "error-500"}],
+}
+
+
+@pytest.fixture
+async def gw(gateway: GatewayFactory, fake_openai: FakeUpstream):
+    providers = {
+        "openai": openai_provider(fake_openai.url),
+        "deepseek": openai_provider(fake_openai.url),
+    }
+    return await gateway(providers, MODELS)
+
+
+@pytest.fixture
+async def sdk(gw):
+    async with openai.AsyncOpenAI(api_key=gw.api_key, base_url=gw.api, max_retries=0) as client:
+        yield client
+
+
+async def test_non_stream_with_stream_omitted_gets_json(sdk, fake_openai: FakeUpstream):
+    response = await sdk.chat.completions.create(
+        model="woozlit/gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}]
+    )
+    assert response.choices[0].message.content == "".join(TEXT)
+    assert response.id.startswith("woozlit-")
+    assert response.model == "woozlit/gpt-4o-mini"
+    assert response.usage.total_tokens == PROMPT_TOKENS + COMPLETION_TOKENS
+    sent = fake_openai.record.requests[-1]
+    assert sent["model"] == "gpt-4o-mini"
+    assert sent["temperature"] == 0.7
+    assert sent["stream"] is False
+    assert fake_openai.record.headers[-1]["Authorization"] == "Bearer sk-test-provider-key"
+
+
+async def test_stream(sdk, fake_openai: FakeUpstream):
+    stream = await sdk.chat.completions.create(
+        model="woozlit/gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hello!"}],
+        stream=True,
+    )
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(TEXT)
+    assert {c.id for c in chunks} == {chunks[0].id}
+    assert chunks[0].id.startswith("woozlit-")
+    assert {c.model for c in chunks} == {"woozlit/gpt-4o-mini"}
+    assert all(c.usage is None for c in chunks)  # not asked for
+    assert fake_openai.record.requests[-1]["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_with_usage_when_asked(sdk):
+    stream = await sdk.chat.completions.create(
+        model="woozlit/gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hello!"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.total_tokens == PROMPT_TOKENS + COMPLETION_TOKENS
+
+
+async def test_deepseek_stream_keepalives_and_reasoning(sdk):
+    stream = await sdk.chat.completions.create(
+        model="woozlit/deepseek-reasoner",
+        messages=[{"role": "user", "content": "Think"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    reasoning = "".join(
+        (c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+        for c in chunks
+        if c.choices
+    )
+    assert reasoning == "Let me think."
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(TEXT)
+    assert chunks[-1].usage.total_tokens == PROMPT_TOKENS + COMPLETION_TOKENS
+
+
+async def test_models_list(sdk):
+    models = [m.id async for m in sdk.models.list()]
+    assert models == list(MODELS)
+
+
+@pytest.mark.parametrize(
+    ("model", "error", "status"),
+    [
+        ("woozlit/bad-request", openai.BadRequestError, 400),
+        ("woozlit/bad-credentials", openai.InternalServerError, 502),
+        ("woozlit/overloaded", openai.InternalServerError, 503),
+        ("woozlit/broken", openai.InternalServerError, 502),
+    ],
+)
+async def test_upstream_errors_raise_sdk_exceptions(sdk, model, error, status):
+    with pytest.raises(error) as info:
+        await sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == status
+    assert "sk-" not in str(info.value.body)
+
+
+async def test_unknown_model_is_bad_request(sdk):
+    with pytest.raises(openai.BadRequestError) as info:
+        await sdk.chat.completions.create(
+            model="woozlit/nope", messages=[{"role": "user", "content": "x"}]
+        )
+    assert "Unknown model 'woozlit/nope'" in str(info.value.body)
+
+
+async def test_bad_key_is_authentication_error(gw):
+    key = "woozlit_" + "x" * 43
+    async with openai.AsyncOpenAI(api_key=key, base_url=gw.api, max_retries=0) as client:
+        with pytest.raises(openai.AuthenticationError):
+            await client.chat.completions.create(
+                model="woozlit/gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+            )
