@@ -79,16 +79,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers not in (None, 1):
         print("woozlit-proxy: --workers above 1 is not supported yet", file=sys.stderr)
         return 2
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional on other platforms
-        uvloop = None
-    host = args.host or config.server.host
-    port = config.server.port if args.port is None else args.port
-    if uvloop is not None:
-        uvloop.run(_serve(config, host, port))
-    else:
         asyncio.run(_serve(config, host, port))
+    else:
+        uvloop.run(_serve(config, host, port))
     return 0
 
 

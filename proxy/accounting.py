@@ -138,6 +138,7 @@ class Accountant:
         if code == "quota":
             self._refused["quota"].inc()
             raise QuotaExceeded()
+        # 'duplicate': our request ids are random, so this is a bug, not the client's fault.
         raise ServiceUnavailable(f"Unexpected answer from the accounting store: {code!r}.")
 
     async def settle(self, admission: Admission, usage: Usage, model: str, *, served: bool) -> None:

@@ -66,7 +66,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     headers = {**admission.headers, "x-woozlit-provider": provider.config.name}
     translator: StreamTranslator | None = None
     usage: Usage | None = None
-    sent = False  # the request reached the provider
+    sent = False  # the request went to the provider
+    opened = False  # the provider's stream began
     status = "499"  # until we know better: the client went away
     first_byte: list[float] = []
 
@@ -78,8 +79,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         upstream_request = provider.build_request(chat, deployment)
         if chat.stream:
             translator = provider.stream_translator(chat)
-            resp = await upstream.open(provider, upstream_request)
             sent = True
+            resp = await upstream.open(provider, upstream_request)
+            opened = True
             stamp = {
                 "id": request_id,
                 "object": "chat.completion.chunk",
@@ -102,7 +104,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         payload["id"] = request_id
         payload["object"] = "chat.completion"
         payload["model"] = model
-        payload["usage"] = usage.as_dict()
+        payload["usage"] = {**(payload.get("usage") or {}), **usage.as_dict()}
         status = "200"
         first_byte.append(time.perf_counter())
         return web.Response(
@@ -110,15 +112,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
     except GatewayError as exc:
         status = str(exc.status)
-        if exc.status in (502, 504):
-            sent = False  # nothing came back: nothing to charge
+        # A failure before any byte reached the client: nothing was delivered, nothing is charged.
+        sent = opened = False
         exc.headers = {**headers, **exc.headers}
         raise
     finally:
         metrics.in_flight.dec()
-        if translator is not None and (translator.usage or translator.produced_chars):
+        if translator is not None and opened:
             usage = translator.final_usage()
-        if usage is None and sent and status == "499":
+        elif usage is None and sent and status == "499":
             # The client left while the provider was working on the prompt: that much was spent.
             usage = Usage(chat.prompt_tokens_estimate, 0, estimated=True)
         usage = usage or Usage(0, 0)

@@ -13,6 +13,7 @@
 --   {'ok', rpm, remaining, reset_ms, limit (-1 unlimited), used, held}
 --   {'month', month}           the caller's month is wrong; call again with this one
 --   {'unknown'} {'revoked'} {'disabled'} {'nodev'}
+--   {'duplicate'}              this request id already holds tokens
 --   {'rate', rpm, 0, retry_ms}  {'quota', limit, used, held}
 local WINDOW = 60000
 
@@ -67,6 +68,8 @@ if limit ~= '' then
 else
   limit = -1
 end
+
+if consume and redis.call('HEXISTS', KEYS[5], ARGV[2]) == 1 then return {'duplicate'} end
 
 if consume then
   redis.call('ZADD', KEYS[3], now, ARGV[2])

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from proxy.config import Deployment
+from proxy.config import Deployment, ProviderConfig
 from proxy.errors import UpstreamError
 from proxy.providers.base import (
     ChatRequest,
@@ -84,7 +84,7 @@ class OpenAIStream(StreamTranslator):
 class OpenAIProvider(Provider):
     kind = "openai"
 
-    def __init__(self, config):  # type: ignore[no-untyped-def]
+    def __init__(self, config: ProviderConfig):
         super().__init__(config)
         self.url = f"{config.base_url}/chat/completions"
         self.headers = {"Content-Type": "application/json", **config.headers}

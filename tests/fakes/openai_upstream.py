@@ -13,6 +13,7 @@ The scenario is chosen by the upstream model name the gateway sends (the part be
     midstream-error  an error event after two chunks
     error-400 / error-401 / error-429 / error-500   that status with OpenAI's error body
     hang             never answers
+    gated            answers once the test sets `record.gate`
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Record:
     sent_at: list[float] = field(default_factory=list)  # perf_counter of each stream chunk
     disconnects: int = 0  # streams whose client went away before the end
     delay: float = 0.02
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
@@ -77,6 +79,8 @@ def create_fake_openai(record: Record | None = None) -> web.Application:
         scenario = model.split(":")[0]
         if scenario == "hang":
             await asyncio.sleep(3600)
+        if scenario == "gated":
+            await record.gate.wait()
         if scenario == "error-400":
             return _error(400, "Invalid 'messages': too long.", "invalid_request_error")
         if scenario == "error-401":
