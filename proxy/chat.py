@@ -124,7 +124,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             # The client left while the provider was working on the prompt: that much was spent.
             usage = Usage(chat.prompt_tokens_estimate, 0, estimated=True)
         usage = usage or Usage(0, 0)
-        await asyncio.shield(accountant.settle(admission, usage, model, served=status == "200"))
+        served = status == "200" or usage.total_tokens > 0  # counted as a request of the month
+        await asyncio.shield(accountant.settle(admission, usage, model, served=served))
         metrics.requests.labels(model, provider.config.name, status).inc()
         if usage.total_tokens:
             metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)

@@ -121,7 +121,11 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from exc
+        # One line, like every other error: the position and the problem, not PyYAML's dump.
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError([f"{path}: {where}invalid YAML: {problem}"]) from exc
     return parse_config(raw, path, os.environ if env is None else env)
 
 
@@ -146,10 +150,11 @@ class _Parser:
     def substitute(self, value: str, where: str) -> str:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            # As in the shell and docker compose, `:-` also replaces a variable set but empty.
+            if default is not None and not self.env.get(name):
+                return default
             if name in self.env:
                 return self.env[name]
-            if default is not None:
-                return default
             self.error(where, f"environment variable {name} is not set")
             return ""
 
@@ -184,7 +189,7 @@ class _Parser:
                 self.error(where, f"must be a number, got {node!r}")
                 return None
         ok_types = (int,) if integer else (int, float)
-        if isinstance(node, bool) or not isinstance(node, ok_types):
+        if isinstance(node, bool) or not isinstance(node, ok_types) or node != node:  # NaN
             self.error(where, f"must be {'an integer' if integer else 'a number'}")
             return None
         if node < minimum:
@@ -195,7 +200,12 @@ class _Parser:
     def url(self, node: Any, where: str) -> str:
         value = self.string(node, where).rstrip("/")
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            valid = valid and (parts.port or 0) >= 0  # `port` raises on a bad one
+        except ValueError:
+            valid = False
+        if not valid:
             self.error(where, f"must be an http(s) URL, got {value!r}")
         return value
 

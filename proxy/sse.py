@@ -23,24 +23,26 @@ class SSEEvent:
 class SSEParser:
     """Feed it bytes; get back the events they complete."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_has_data")
+    __slots__ = ("_buffer", "_data", "_event", "_has_data", "_skip_lf")
 
     def __init__(self) -> None:
         self._buffer = b""
         self._data: list[bytes] = []
         self._event: str | None = None
         self._has_data = False
+        self._skip_lf = False  # the last chunk ended in a CR: a LF first in the next is its pair
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer + chunk if self._buffer else chunk
+        if self._skip_lf and buffer:
+            self._skip_lf = False
+            if buffer[0] == 0x0A:
+                buffer = buffer[1:]
         if b"\r" in buffer:
-            # A lone CR at the very end may be the first half of a CRLF: keep it for later.
-            keep_cr = buffer.endswith(b"\r")
-            if keep_cr:
-                buffer = buffer[:-1]
+            # A CR at the very end ends its line now (holding it back would hold back the
+            # event it completes); if it was the first half of a CRLF, the LF is dropped later.
+            self._skip_lf = buffer.endswith(b"\r")
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if keep_cr:
-                buffer += b"\r"
         events: list[SSEEvent] = []
         start = 0
         while True:
@@ -74,6 +76,7 @@ class SSEParser:
         """Events left at the end of the body (a last event without its blank line)."""
         tail = self.feed(b"\n\n") if self._buffer or self._has_data else []
         self._buffer = b""
+        self._skip_lf = False
         return tail
 
     @property

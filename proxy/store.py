@@ -25,6 +25,7 @@ from proxy.metrics import Metrics
 log = logging.getLogger("proxy.store")
 
 SCRIPTS = ("admit", "settle", "charge")
+POOL_SIZE = 64
 
 
 def month_of(ts: float) -> str:
@@ -48,7 +49,12 @@ def connect(url: str | None, timeout: float) -> Any:
         from redis.asyncio.cluster import RedisCluster
 
         return RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"), **options)
-    return aioredis.from_url(url, **options)
+    # A bounded pool that makes a burst wait briefly for a connection, instead of opening
+    # one per concurrent request (and failing past the pool's size).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=timeout, **options
+    )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 
 
 def _source(name: str) -> str:
