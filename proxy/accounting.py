@@ -151,7 +151,6 @@ class Accountant:
             admission.key_id,
             "1" if served else "0",
             keys.USAGE_TTL_SECONDS,
-            keys.SETTLED_MEMORY_MS,
             "",
         ]
         try:

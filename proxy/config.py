@@ -47,8 +47,10 @@ class ConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     connect: float = 5.0
-    first_byte: float = 60.0  # from sending the request to the response headers
-    idle: float = 60.0  # longest silence between two chunks of a body or stream
+    # From sending the request to the response headers: a whole non-stream answer of a
+    # reasoning model can take minutes.
+    first_byte: float = 300.0
+    idle: float = 120.0  # longest silence between two chunks of a body or stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +94,9 @@ class ServerConfig:
 class AccountingConfig:
     # Tokens reserved for the completion when the request sets no max_tokens.
     default_completion_reserve: int = 4096
-    # A hold not settled within this time (its instance crashed) expires by itself.
-    hold_ttl_seconds: int = 900
+    # A hold not settled within this time (its instance died) expires by itself. Longer than
+    # any request may last: a request settled after its hold expired is not charged.
+    hold_ttl_seconds: int = 3600
     # How long a key lookup may be cached in-process; revocation is also pushed by pub/sub.
     key_cache_seconds: float = 0.5
     # Timeout of every Redis call: a down store answers 503 quickly instead of hanging.
@@ -199,8 +202,8 @@ class _Parser:
 
     def url(self, node: Any, where: str) -> str:
         value = self.string(node, where).rstrip("/")
-        parts = urlsplit(value)
         try:
+            parts = urlsplit(value)  # raises on a broken IPv6 literal
             valid = parts.scheme in ("http", "https") and bool(parts.hostname)
             valid = valid and (parts.port or 0) >= 0  # `port` raises on a bad one
         except ValueError:

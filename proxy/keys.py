@@ -10,7 +10,6 @@ from __future__ import annotations
 PREFIX = "wz"
 
 USAGE_TTL_SECONDS = 400 * 86400  # a month's usage stays readable for over a year
-SETTLED_MEMORY_MS = 86400 * 1000  # how long a settled request id is remembered (idempotency)
 RATE_WINDOW_MS = 60_000
 
 
@@ -51,10 +50,6 @@ def held(account_id: str) -> str:
     return f"{_tag(account_id)}:held"
 
 
-def settled(account_id: str) -> str:
-    return f"{_tag(account_id)}:settled"
-
-
 def key_digest(digest: str) -> str:
     """API key SHA-256 digest -> 'account_id:key_id'."""
     return f"{PREFIX}:digest:{digest}"
@@ -83,5 +78,4 @@ def settle_keys(account_id: str, month: str) -> list[str]:
         holds(account_id),
         hold_expiries(account_id),
         held(account_id),
-        settled(account_id),
     ]

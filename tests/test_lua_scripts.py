@@ -86,7 +86,6 @@ async def settle(
             key_id,
             "1",
             keys.USAGE_TTL_SECONDS,
-            keys.SETTLED_MEMORY_MS,
             str(now),
         ],
     )
@@ -134,7 +133,7 @@ async def test_quota_holds_and_settles(store, account):
 async def test_settle_is_idempotent(store, account):
     await admit(store, account, "r1", 400, T0)
     assert await settle(store, account, "r1", 10, 20, T0 + 1) == ["ok", 30]
-    assert await settle(store, account, "r1", 10, 20, T0 + 2) == ["dup", 30]
+    assert await settle(store, account, "r1", 10, 20, T0 + 2) == ["gone", 30]
     account_id, _ = account
     held = await store.client.get(keys.held(account_id))
     assert int(held) == 0
@@ -156,9 +155,11 @@ async def test_expired_holds_are_released(store, account):
     later = T0 + HOLD_TTL + 1
     assert (await admit(store, account, "r3", 900, later))[0] == "ok"
     assert int(await store.client.get(keys.held(account_id))) == 900
-    # The crashed instance's late settle still charges what was used, once.
-    assert await settle(store, account, "crashed", 5, 5, later + 1) == ["ok", 10]
+    # A settle after the hold expired (an instance gone for an hour) charges nothing.
+    assert await settle(store, account, "crashed", 5, 5, later + 1) == ["gone", 0]
     assert int(await store.client.get(keys.held(account_id))) == 900
+    assert await settle(store, account, "r3", 5, 5, later + 2) == ["ok", 10]
+    assert int(await store.client.get(keys.held(account_id))) == 0
 
 
 async def test_month_rollover(store, account):
@@ -218,12 +219,26 @@ async def test_overrides_beat_the_tier(store, account):
     assert (await admit(store, account, "r3", 0, T0 + 1))[0] == "rate"
 
 
-async def test_unlimited_accounts_take_no_hold(store, account):
+async def test_unlimited_accounts_hold_no_tokens_but_settle_once(store, account):
     account_id, _ = account
     await store.client.hset(keys.account(account_id), "tier", "premium")
     reply = await admit(store, account, "r1", 10**9, T0)
     assert reply[0] == "ok" and reply[4] == -1
     assert await store.client.get(keys.held(account_id)) is None
+    assert await settle(store, account, "r1", 1, 2, T0 + 1) == ["ok", 3]
+    assert await settle(store, account, "r1", 1, 2, T0 + 2) == ["gone", 3]
+    assert await store.client.hlen(keys.holds(account_id)) == 0
+
+
+async def test_nothing_grows_per_request(store, account):
+    """Settled requests leave no trace but the month's counters."""
+    account_id, _ = account
+    await store.client.hset(keys.account(account_id), "requests_per_minute", "1000")
+    for i in range(50):
+        await admit(store, account, f"r{i}", 10, T0 + i)
+        await settle(store, account, f"r{i}", 1, 1, T0 + i)
+    assert await store.client.hlen(keys.holds(account_id)) == 0
+    assert await store.client.zcard(keys.hold_expiries(account_id)) == 0
 
 
 async def test_charge_from_elsewhere(store, account):

@@ -13,7 +13,7 @@
 --   {'ok', rpm, remaining, reset_ms, limit (-1 unlimited), used, held}
 --   {'month', month}           the caller's month is wrong; call again with this one
 --   {'unknown'} {'revoked'} {'disabled'} {'nodev'}
---   {'duplicate'}              this request id already holds tokens
+--   {'duplicate'}              this request id is already admitted and not settled
 --   {'rate', rpm, 0, retry_ms}  {'quota', limit, used, held}
 local WINDOW = 60000
 
@@ -69,20 +69,20 @@ else
   limit = -1
 end
 
-if consume and redis.call('HEXISTS', KEYS[5], ARGV[2]) == 1 then return {'duplicate'} end
-
 if consume then
+  if redis.call('HEXISTS', KEYS[5], ARGV[2]) == 1 then return {'duplicate'} end
   redis.call('ZADD', KEYS[3], now, ARGV[2])
   redis.call('PEXPIRE', KEYS[3], WINDOW)
   count = count + 1
-  -- Unlimited accounts need no hold: nothing to protect.
-  if limit >= 0 and want > 0 then
-    local ttl = tonumber(ARGV[4])
-    redis.call('HSET', KEYS[5], ARGV[2], want)
-    redis.call('ZADD', KEYS[6], now + ttl, ARGV[2])
-    held = redis.call('INCRBY', KEYS[7], want)
-    for i = 5, 7 do redis.call('PEXPIRE', KEYS[i], ttl * 2) end
-  end
+  -- Every admitted request has a hold until it is settled, so that settling is idempotent
+  -- (settle charges only a request that still holds). Unlimited accounts hold no tokens.
+  local amount = 0
+  if limit >= 0 then amount = want end
+  local ttl = tonumber(ARGV[4])
+  redis.call('HSET', KEYS[5], ARGV[2], amount)
+  redis.call('ZADD', KEYS[6], now + ttl, ARGV[2])
+  if amount > 0 then held = redis.call('INCRBY', KEYS[7], amount) end
+  for i = 5, 7 do redis.call('PEXPIRE', KEYS[i], ttl * 2) end
   -- last_used_at: a write a minute per key at most, not one per request.
   if now - (tonumber(key[2]) or 0) * 1000 > 60000 then
     redis.call('HSET', KEYS[2], 'last_used_at', math.floor(now / 1000))
