@@ -14,7 +14,6 @@ import sys
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from proxy.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 
@@ -38,6 +37,8 @@ def _load(path: str) -> Config:
 
 
 async def _serve(config: Config, host: str, port: int) -> None:
+    from aiohttp import web
+
     from proxy.app import create_app
     from proxy.appkeys import BOOTSTRAP_KEY, STATE
 

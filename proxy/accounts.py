@@ -68,13 +68,7 @@ class Accounts:
         return value
 
     async def create_account(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(body) - {
-            "email",
-            "tier",
-            "developer",
-            "monthly_token_limit",
-            "requests_per_minute",
-        }
+        unknown = set(body) - {"email", *ACCOUNT_FIELDS}
         if unknown:
             raise BadRequest(f"Unknown field '{sorted(unknown)[0]}'.")
         email = body.get("email")
@@ -85,7 +79,7 @@ class Accounts:
             "email": email or "",
             "tier": self._tier(body.get("tier", "free")),
             "developer": _flag(body.get("developer", False), "developer"),
-            "disabled": "0",
+            "disabled": _flag(body.get("disabled", False), "disabled"),
             "monthly_token_limit": _limit(
                 body.get("monthly_token_limit"), "monthly_token_limit", 0
             ),
@@ -204,9 +198,12 @@ class Accounts:
         """The month's usage of an account, in full (the admin's view)."""
         if month is not None:
             try:
-                datetime.strptime(month, "%Y-%m")
-            except ValueError as exc:
-                raise BadRequest("'month' must be YYYY-MM.") from exc
+                # strptime alone takes '2026-1', which would name a usage key never written.
+                valid = datetime.strptime(month, "%Y-%m").strftime("%Y-%m") == month
+            except ValueError:
+                valid = False
+            if not valid:
+                raise BadRequest("'month' must be YYYY-MM.")
         month = month or self.store.month()
         raw = await self._raw_account(account_id)
         counts = await self.store.command("hgetall", keys.usage(account_id, month))
