@@ -38,7 +38,7 @@ from proxy.config import Config
 from proxy.errors import GatewayError
 from proxy.metrics import CONTENT_TYPE, Metrics
 from proxy.routing import Router
-from proxy.store import Store, connect
+from proxy.store import open_store
 from proxy.upstream import Upstream
 
 log = logging.getLogger("proxy")
@@ -171,8 +171,7 @@ def create_app(
     app.on_response_prepare.append(_add_request_id)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        client = connect(redis_url, config.accounting.redis_timeout_seconds)
-        store = Store(client, metrics_, embedded=redis_url is None)
+        store = open_store(redis_url, config.accounting.redis_timeout_seconds, metrics_)
         app[STORE] = store
         app[ACCOUNTANT] = Accountant(store, config, metrics_)
         app[ACCOUNTS] = Accounts(store, config)

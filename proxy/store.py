@@ -15,12 +15,14 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from proxy.errors import ServiceUnavailable
 from proxy.metrics import Metrics
+from proxy.resp import PipelinedScripts, RedisReplyError
 
 log = logging.getLogger("proxy.store")
 
@@ -30,6 +32,14 @@ POOL_SIZE = 64
 
 def month_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
+
+
+def open_store(url: str | None, timeout: float, metrics: Metrics) -> Store:
+    """The store for `url`; plain redis:// and unix:// get the pipelined script connection."""
+    fast = None
+    if url and url.split("://", 1)[0] in ("redis", "unix"):
+        fast = PipelinedScripts(dict(parse_url(url)), {n: _source(n) for n in SCRIPTS}, timeout)
+    return Store(connect(url, timeout), metrics, embedded=not url, fast=fast)
 
 
 def connect(url: str | None, timeout: float) -> Any:
@@ -65,8 +75,11 @@ def _source(name: str) -> str:
 class Store:
     """The Redis client with our scripts, and month bookkeeping shared with Redis's clock."""
 
-    def __init__(self, client: Any, metrics: Metrics, *, embedded: bool):
+    def __init__(
+        self, client: Any, metrics: Metrics, *, embedded: bool, fast: PipelinedScripts | None = None
+    ):
         self.client = client
+        self.fast = fast
         self.metrics = metrics
         self.embedded = embedded
         self.scripts = {name: client.register_script(_source(name)) for name in SCRIPTS}
@@ -99,8 +112,11 @@ class Store:
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         start = time.perf_counter()
         try:
-            reply = await self.scripts[name](keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+            if self.fast is not None:
+                reply = await self.fast.evalsha(name, keys, args)
+            else:
+                reply = await self.scripts[name](keys=keys, args=args)
+        except (RedisError, RedisReplyError, OSError) as exc:  # OSError: timeouts too
             self._errors[name].inc()
             log.warning("redis script %s failed: %s", name, exc)
             raise ServiceUnavailable("The accounting store is unavailable; retry shortly.") from exc
@@ -123,4 +139,6 @@ class Store:
             return False
 
     async def close(self) -> None:
+        if self.fast is not None:
+            self.fast.close()
         await self.client.aclose()

@@ -14,7 +14,7 @@ from proxy import keys
 from proxy.accounts import Accounts
 from proxy.config import parse_config
 from proxy.metrics import Metrics
-from proxy.store import Store, connect
+from proxy.store import Store, open_store
 
 TIERS = {
     "free": {"monthly_tokens": 1000, "requests_per_minute": 3},
@@ -41,10 +41,10 @@ def month_at(ms: int) -> str:
 @pytest.fixture(params=["redis", "embedded"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if request.param == "redis":
-        client = connect(request.getfixturevalue("redis_url"), 2.0)
+        store = open_store(request.getfixturevalue("redis_url"), 2.0, Metrics())
+        assert store.fast is not None  # the pipelined connection, as in production
     else:
-        client = fakeredis.FakeAsyncRedis(decode_responses=True)
-    store = Store(client, Metrics(), embedded=request.param == "embedded")
+        store = Store(fakeredis.FakeAsyncRedis(decode_responses=True), Metrics(), embedded=True)
     yield store
     await store.close()
 

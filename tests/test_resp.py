@@ -1,0 +1,104 @@
+"""The pipelined script connection against a real redis-server: ordering under concurrency,
+cancelled calls, a killed connection, a flushed script cache, a server that is gone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from proxy.resp import PipelinedScripts, RedisConnectionError, RedisReplyError, encode
+from tests.conftest import RedisServer, free_port
+
+SCRIPTS = {
+    "echo": "return ARGV[1]",
+    "slow": "local t = redis.call('TIME'); local s = tonumber(t[1]) + tonumber(t[2]) / 1e6; "
+    "repeat local n = redis.call('TIME') until tonumber(n[1]) + tonumber(n[2]) / 1e6 - s "
+    "> tonumber(ARGV[1]); return ARGV[2]",
+    "fail": "return redis.error_reply('nope')",
+}
+
+
+@pytest.fixture
+async def scripts(redis_url: str):
+    conn = PipelinedScripts(
+        {"host": "127.0.0.1", "port": int(redis_url.split(":")[2].split("/")[0])},
+        SCRIPTS,
+        timeout=2.0,
+    )
+    yield conn
+    conn.close()
+
+
+def test_encode():
+    assert (
+        encode("EVALSHA", "ab", 0, b"x")
+        == b"*4\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n0\r\n$1\r\nx\r\n"
+    )
+    assert encode("é") == b"*1\r\n$2\r\n\xc3\xa9\r\n"
+
+
+async def test_many_concurrent_calls_get_their_own_replies(scripts):
+    replies = await asyncio.gather(*(scripts.evalsha("echo", [], [str(i)]) for i in range(2000)))
+    assert replies == [str(i) for i in range(2000)]
+
+
+async def test_a_cancelled_call_does_not_poison_the_connection(scripts):
+    slow = asyncio.create_task(scripts.evalsha("slow", [], ["0.2", "slow"]))
+    await asyncio.sleep(0.05)
+    slow.cancel()
+    follower = scripts.evalsha("echo", [], ["mine"])
+    assert await follower == "mine"  # not the slow call's reply
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+
+
+async def test_a_timed_out_call_does_not_poison_the_connection(scripts):
+    scripts.timeout = 0.05
+    with pytest.raises(TimeoutError):
+        await scripts.evalsha("slow", [], ["0.2", "slow"])
+    scripts.timeout = 2.0
+    assert await scripts.evalsha("echo", [], ["after"]) == "after"
+
+
+async def test_script_errors_are_raised(scripts):
+    with pytest.raises(RedisReplyError, match="nope"):
+        await scripts.evalsha("fail", [], [])
+    assert await scripts.evalsha("echo", [], ["still fine"]) == "still fine"
+
+
+async def test_flushed_script_cache_reloads(scripts, redis_url: str):
+    assert await scripts.evalsha("echo", [], ["1"]) == "1"
+    client = aioredis.Redis.from_url(redis_url)
+    await client.script_flush()
+    await client.aclose()
+    assert await scripts.evalsha("echo", [], ["2"]) == "2"
+
+
+async def test_killed_connection_reconnects(scripts, redis_url: str):
+    assert await scripts.evalsha("echo", [], ["1"]) == "1"
+    client = aioredis.Redis.from_url(redis_url)
+    await client.client_kill_filter(_type="normal", skipme=True)
+    await client.aclose()
+    await asyncio.sleep(0.05)
+    assert await scripts.evalsha("echo", [], ["2"]) == "2"
+
+
+async def test_restarted_server(scripts, redis_url: str, redis_server: RedisServer):
+    assert await scripts.evalsha("echo", [], ["1"]) == "1"
+    redis_server.stop()
+    with pytest.raises((RedisConnectionError, TimeoutError)):
+        await scripts.evalsha("echo", [], ["2"])
+    redis_server.start()
+    assert await scripts.evalsha("echo", [], ["3"]) == "3"
+
+
+async def test_nothing_listening_fails_fast():
+    conn = PipelinedScripts({"host": "127.0.0.1", "port": free_port()}, SCRIPTS, timeout=1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RedisConnectionError):
+        await conn.evalsha("echo", [], ["x"])
+    assert loop.time() - started < 0.5
+    conn.close()
