@@ -89,10 +89,13 @@ class Accountant:
         return owner
 
     async def admit(
-        self, authorization: str | None, request_id: str, hold: int, *, consume: bool = True
+        self, owner: tuple[str, str], request_id: str, hold: int, *, consume: bool = True
     ) -> Admission:
-        """Authenticate, rate-limit and reserve `hold` tokens, in one script call."""
-        account_id, key_id = await self.identify(authorization)
+        """Check the key and its account, rate-limit and reserve `hold` tokens: one script call.
+
+        `owner` is what `identify` found for the request's key.
+        """
+        account_id, key_id = owner
         try:
             reply = await self.store.run(
                 "admit",

@@ -101,9 +101,9 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
 
 async def list_models(request: web.Request) -> web.Response:
     app = request.app
-    admission = await app[ACCOUNTANT].admit(
-        request.headers.get("Authorization"), request[REQUEST_ID], 0, consume=False
-    )
+    accountant = app[ACCOUNTANT]
+    owner = await accountant.identify(request.headers.get("Authorization"))
+    admission = await accountant.admit(owner, request[REQUEST_ID], 0, consume=False)
     router = app[ROUTER]
     data = [
         {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": router.owner(name)}
@@ -118,9 +118,9 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def key_usage(request: web.Request) -> web.Response:
     app = request.app
-    admission = await app[ACCOUNTANT].admit(
-        request.headers.get("Authorization"), request[REQUEST_ID], 0, consume=False
-    )
+    accountant = app[ACCOUNTANT]
+    owner = await accountant.identify(request.headers.get("Authorization"))
+    admission = await accountant.admit(owner, request[REQUEST_ID], 0, consume=False)
     full = await app[ACCOUNTS].usage(admission.account_id)
     body = {k: full[k] for k in ("month", "limit", "used", "remaining")}
     body["reset_at"] = next_month_start(full["month"])

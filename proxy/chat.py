@@ -47,6 +47,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     accountant, upstream = app[ACCOUNTANT], app[UPSTREAM]
     started = time.perf_counter()
 
+    # The key first, as OpenAI does: a caller without a valid key learns nothing more. Known
+    # keys are cached, so this costs a Redis call only on a key's first use in this process.
+    owner = await accountant.identify(request.headers.get("Authorization"))
     body = await read_json_object(request, config.server.max_body_bytes)
     chat = validate_chat(
         body,
@@ -58,7 +61,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     hold = chat.prompt_tokens_estimate + (
         chat.max_tokens or config.accounting.default_completion_reserve
     )
-    admission = await accountant.admit(request.headers.get("Authorization"), request_id, hold)
+    admission = await accountant.admit(owner, request_id, hold)
 
     deployment, provider = router.route(chat.public_model)[0]
     model = chat.public_model

@@ -83,16 +83,18 @@ class Store:
         self.metrics = metrics
         self.embedded = embedded
         self.scripts = {name: client.register_script(_source(name)) for name in SCRIPTS}
-        # The month Redis last told us it is, when our clock disagreed (see `run`).
-        self._month_hint: tuple[float, str] | None = None
+        # The month to name in the scripts' keys, and until when it holds: recomputed once a
+        # second, or the month Redis told us for a minute when our clock disagreed (`run`).
+        self._month = ""
+        self._month_until = 0.0
         self._latency = {name: metrics.redis_latency.labels(name) for name in (*SCRIPTS, "command")}
         self._errors = {name: metrics.redis_errors.labels(name) for name in (*SCRIPTS, "command")}
 
     def month(self) -> str:
         now = time.time()
-        if self._month_hint and now - self._month_hint[0] < 60:
-            return self._month_hint[1]
-        return month_of(now)
+        if now >= self._month_until:
+            self._month, self._month_until = month_of(now), now + 1
+        return self._month
 
     async def run(self, name: str, keys_for_month: Any, args: list[Any]) -> list[Any]:
         """Run script `name` for the current month; `keys_for_month(month)` gives its KEYS.
@@ -106,7 +108,7 @@ class Store:
             if reply[0] != "month":
                 return reply
             month = reply[1]
-            self._month_hint = (time.time(), month)
+            self._month, self._month_until = month, time.time() + 60
         raise ServiceUnavailable("The accounting store's clock is unstable; retry shortly.")
 
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:

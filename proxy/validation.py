@@ -68,9 +68,14 @@ def _check_message(i: int, message: Any) -> None:
     role = message.get("role")
     if not isinstance(role, str) or role not in ROLES:
         raise BadRequest(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}.")
+    tool_calls = message.get("tool_calls")
+    if tool_calls is not None and (
+        not isinstance(tool_calls, list) or not all(isinstance(c, dict) for c in tool_calls)
+    ):
+        raise BadRequest(f"'{where}.tool_calls' must be an array of objects.")
     content = message.get("content")
     if content is None:
-        if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
+        if role == "assistant" and (tool_calls or message.get("function_call")):
             return
         raise BadRequest(f"'{where}.content' is required.")
     if isinstance(content, str):
@@ -82,9 +87,6 @@ def _check_message(i: int, message: Any) -> None:
             raise BadRequest(f"'{where}.content[{j}]' must be an object with a 'type'.")
         if part["type"] == "text" and not isinstance(part.get("text"), str):
             raise BadRequest(f"'{where}.content[{j}].text' must be a string.")
-    tool_calls = message.get("tool_calls")
-    if tool_calls is not None and not isinstance(tool_calls, list):
-        raise BadRequest(f"'{where}.tool_calls' must be an array.")
 
 
 def validate_chat(

@@ -1,0 +1,265 @@
+"""Config loading: the shipped file, substitution, and one bad-config fixture per rule."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import ConfigError, load_config, parse_config
+from proxy.routing import Router
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "config" / "woozlit.yaml"
+BAD = Path(__file__).resolve().parent / "configs"
+
+# The twelve models of woozlit-api.md, with the provider kind each must reach.
+SPEC_MODELS = {
+    "woozlit/gpt-4o": "openai",
+    "woozlit/gpt-4o-mini": "openai",
+    "woozlit/gpt-4-turbo": "openai",
+    "woozlit/gpt-3.5-turbo": "openai",
+    "woozlit/claude-3-5-sonnet-20241022": "anthropic",
+    "woozlit/claude-3-5-haiku-20241022": "anthropic",
+    "woozlit/claude-3-opus-20240229": "anthropic",
+    "woozlit/gemini-2.0-flash-exp": "gemini",
+    "woozlit/gemini-1.5-pro": "gemini",
+    "woozlit/gemini-1.5-flash": "gemini",
+    "woozlit/deepseek-chat": "openai",
+    "woozlit/deepseek-reasoner": "openai",
+}
+PUBLIC_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "google": "https://generativelanguage.googleapis.com",
+    "deepseek": "https://api.deepseek.com",
+}
+TIERS = {
+    "free": {"monthly_tokens": 1000, "requests_per_minute": 60},
+    "premium": {"monthly_tokens": None, "requests_per_minute": 600},
+}
+
+
+def minimal(**provider: Any) -> dict[str, Any]:
+    spec = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", **provider}
+    return {
+        "providers": {"openai": spec},
+        "models": {"woozlit/gpt-4o": [{"provider": "openai", "model": "gpt-4o"}]},
+        "tiers": TIERS,
+    }
+
+
+def errors_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env or {})
+    assert str(info.value) == "\n".join(info.value.errors)
+    return info.value.errors
+
+
+# -- the shipped config -------------------------------------------------------------------
+
+
+def test_shipped_config_routes_the_twelve_models():
+    config = load_config(SHIPPED, {})
+    assert set(config.models) == set(SPEC_MODELS)
+    router = Router(config)
+    for public, kind in SPEC_MODELS.items():
+        deployment, provider = router.route(public)[0]
+        assert provider.config.kind == kind, public
+        assert deployment.model == public.removeprefix("woozlit/")
+    assert router.route("woozlit/deepseek-chat")[0][1].config.name == "deepseek"
+    assert set(config.tiers) == {"free", "premium"}
+    assert config.tiers["free"].monthly_tokens == 1_000_000
+    assert config.tiers["premium"].monthly_tokens is None
+
+
+def test_shipped_config_defaults_to_the_public_apis_without_keys():
+    config = load_config(SHIPPED, {})
+    for name, url in PUBLIC_BASE_URLS.items():
+        provider = config.providers[name]
+        assert provider.base_url == url
+        assert provider.api_key == ""
+        assert provider.needs_key
+        assert provider.api_key_env == f"{'GEMINI' if name == 'google' else name.upper()}_API_KEY"
+
+
+def test_shipped_config_takes_urls_and_keys_from_the_environment():
+    env = {
+        "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1/",
+        "OPENAI_API_KEY": "sk-from-env",
+        "WOOZLIT_LOG_LEVEL": "debug",
+    }
+    config = load_config(SHIPPED, env)
+    openai = config.providers["openai"]
+    assert openai.base_url == "http://127.0.0.1:8000/v1"  # trailing slash dropped
+    assert openai.api_key == "sk-from-env"
+    assert not openai.needs_key  # a local server may run without one
+    assert config.log_level == "DEBUG"
+
+
+def test_config_objects_are_frozen():
+    config = load_config(SHIPPED, {})
+    with pytest.raises(AttributeError):
+        config.server.port = 1  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        config.providers["openai"].api_key = "x"  # type: ignore[misc]
+
+
+# -- substitution -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "env", "expected"),
+    [
+        ("${K}", {"K": "sk-1"}, "sk-1"),
+        ("${K:-fallback}", {"K": "sk-1"}, "sk-1"),
+        ("${K:-fallback}", {}, "fallback"),
+        ("${K:-fallback}", {"K": ""}, "fallback"),  # as in the shell: set but empty
+        ("${K:-}", {}, ""),
+        ("${K}", {"K": ""}, ""),  # set, even if empty: no error
+        ("pre-${A}-${B:-b}-post", {"A": "a"}, "pre-a-b-post"),
+        ("no variables here", {}, "no variables here"),
+        ("$K and $", {"K": "x"}, "$K and $"),  # only the braced form is substituted
+    ],
+)
+def test_substitution(value, env, expected):
+    config = parse_config(minimal(api_key=value), "t.yaml", env)
+    assert config.providers["openai"].api_key == expected
+
+
+def test_substitution_in_numbers_and_urls():
+    raw = minimal(base_url="http://${HOST:-127.0.0.1}:${PORT}/v1")
+    raw["server"] = {"port": "${WOOZLIT_PORT:-9090}", "max_body_bytes": "${MAX_BODY}"}
+    config = parse_config(raw, "t.yaml", {"PORT": "8001", "MAX_BODY": "2048"})
+    assert config.providers["openai"].base_url == "http://127.0.0.1:8001/v1"
+    assert config.server.port == 9090
+    assert config.server.max_body_bytes == 2048
+
+
+def test_key_variable_is_remembered_for_error_messages():
+    config = parse_config(minimal(api_key="${MY_PROVIDER_KEY:-}"), "t.yaml", {})
+    assert config.providers["openai"].api_key_env == "MY_PROVIDER_KEY"
+
+
+# -- one fixture per rule -----------------------------------------------------------------
+
+# fixture file -> the error lines it must give (after "<file>: "), all of them, in order.
+RULES = {
+    "unknown_top_level_key.yaml": ["log_levle: unknown key"],
+    "unknown_provider_key.yaml": ["providers.openai.apikey: unknown key"],
+    "unknown_deployment_key.yaml": ["models.woozlit/gpt-4o[0].wieght: unknown key"],
+    "unknown_provider_kind.yaml": [
+        "providers.openai.kind: unknown kind 'azure' (one of openai, anthropic, gemini)"
+    ],
+    "unknown_provider.yaml": ["models.woozlit/gpt-4o[0].provider: unknown provider 'opnai'"],
+    "bad_url.yaml": [
+        "providers.openai.base_url: must be an http(s) URL, got 'ftp://example.com/v1'",
+        "providers.local.base_url: must be an http(s) URL, got 'localhost:8000'",
+        "providers.ollama.base_url: must be an http(s) URL, got 'http://localhost:notaport/v1'",
+    ],
+    "model_without_prefix.yaml": ["models.gpt-4o: model names must start with 'woozlit/'"],
+    "empty_deployments.yaml": ["models.woozlit/gpt-4o: must be a non-empty list of deployments"],
+    "missing_section.yaml": ["models: is required"],
+    "wrong_types.yaml": [
+        "providers.openai.headers: must be a mapping, got list",
+        "providers.openai.timeouts.connect: must be a number, got 'fast'",
+        "models.woozlit/gpt-4o: must be a non-empty list of deployments",
+        "server.port: must be a number, got '8080.5'",
+        "server.default_temperature: must be a number",
+        "server.max_body_bytes: must be an integer",
+    ],
+    "negative_numbers.yaml": [
+        "providers.openai.timeouts.first_byte: must be at least 0.001",
+        "models.woozlit/gpt-4o[0].weight: must be at least 1",
+        "tiers.free.monthly_tokens: must be at least 0",
+        "server.max_body_bytes: must be at least 1",
+    ],
+    "unset_variable.yaml": [
+        "providers.openai.api_key: environment variable WOOZLIT_TEST_NEVER_SET is not set"
+    ],
+    "invalid_yaml.yaml": [
+        "line 4, column 1: invalid YAML: expected ',' or '}', but got '<scalar>'"
+    ],
+}
+
+
+def test_every_fixture_has_a_rule():
+    assert {p.name for p in BAD.glob("*.yaml")} == set(RULES)
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_bad_config(name):
+    path = BAD / name
+    assert errors_of(path) == [f"{path}: {line}" for line in RULES[name]]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, "t.yaml: must be a mapping, got nothing"),  # an empty file
+        ([1, 2], "t.yaml: must be a mapping, got list"),
+        ({"providers": {}, "models": {}, "tiers": TIERS}, "t.yaml: providers: at least one"),
+        ({**minimal(), "tiers": {"free": TIERS["free"]}}, "t.yaml: tiers.premium: is required"),
+        (minimal(kind="openai", base_url=None), "t.yaml: providers.openai.base_url: must be a"),
+        (
+            {**minimal(), "models": {"woozlit/": [{"provider": "openai", "model": "x"}]}},
+            "t.yaml: models.woozlit/: model names must start with 'woozlit/'",
+        ),
+        (
+            {**minimal(), "models": {"woozlit/a": [{"provider": "openai", "model": ""}]}},
+            "t.yaml: models.woozlit/a[0].model: must not be empty",
+        ),
+        ({**minimal(), "server": {"port": 70000}}, "t.yaml: server.port: must be at most 65535"),
+        ({**minimal(), "log_level": "LOUD"}, "t.yaml: log_level: must be one of"),
+        (minimal(timeouts={"first_byte": float("nan")}), "t.yaml: providers.openai.timeouts."),
+        (minimal(base_url="http://[::1/v1"), "t.yaml: providers.openai.base_url: must be an"),
+    ],
+)
+def test_more_rules(raw, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "t.yaml", {})
+    assert any(e.startswith(expected) for e in info.value.errors), info.value.errors
+
+
+def test_unreadable_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    assert errors_of(missing) == [f"{missing}: cannot read: No such file or directory"]
+
+
+# -- woozlit-proxy check-config -----------------------------------------------------------
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("WOOZLIT_") and not k.endswith(("_API_KEY", "_BASE_URL"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", str(path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_accepts_the_shipped_config():
+    result = check_config(SHIPPED)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{SHIPPED}: ok")
+    assert result.stderr == ""
+
+
+def test_check_config_lists_every_error_on_stderr():
+    path = BAD / "negative_numbers.yaml"
+    result = check_config(path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"{path}: {line}" for line in RULES[path.name]]
