@@ -130,8 +130,9 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
         elif kind == "file" and isinstance(doc := part.get("file"), dict) and doc.get("file_data"):
             blocks.append(_media_block("document", doc["file_data"], f"{where}.content[{i}]"))
         else:
-            raise BadRequest(f"{where}.content[{i}]: content part type {kind!r} is not supported "
-                             "for this model.")
+            raise BadRequest(
+                f"{where}.content[{i}]: content part type {kind!r} is not supported for this model."
+            )
     return blocks
 
 
@@ -148,14 +149,22 @@ def _tool_use_blocks(calls: Any, where: str) -> list[dict[str, Any]]:
             raise BadRequest(f"{where}.tool_calls[{i}].function.arguments is not JSON.") from exc
         if not isinstance(parsed, dict):
             raise BadRequest(f"{where}.tool_calls[{i}].function.arguments must be a JSON object.")
-        blocks.append({"type": "tool_use", "id": _tool_id(call.get("id")),
-                       "name": function["name"], "input": parsed})
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": _tool_id(call.get("id")),
+                "name": function["name"],
+                "input": parsed,
+            }
+        )
     return blocks
 
 
 def _tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result",
-                             "tool_use_id": _tool_id(message.get("tool_call_id"))}
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": _tool_id(message.get("tool_call_id")),
+    }
     content = message.get("content")
     if isinstance(content, list):
         block["content"] = _user_blocks(content, where)
@@ -211,15 +220,21 @@ def translate_tools(tools: Any) -> list[dict[str, Any]]:
     out = []
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or tool.get("type", "function") != "function" \
-                or not isinstance(function.get("name"), str):
+        if (
+            not isinstance(function, dict)
+            or tool.get("type", "function") != "function"
+            or not isinstance(function.get("name"), str)
+        ):
             raise BadRequest(f"tools[{i}]: only function tools with a name are supported.")
         spec: dict[str, Any] = {"name": function["name"]}
         if function.get("description"):
             spec["description"] = function["description"]
         parameters = function.get("parameters")
-        spec["input_schema"] = parameters if isinstance(parameters, dict) and parameters \
+        spec["input_schema"] = (
+            parameters
+            if isinstance(parameters, dict) and parameters
             else {"type": "object", "properties": {}}
+        )
         out.append(spec)
     return out
 
@@ -231,8 +246,11 @@ def translate_tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
         out = {"type": "any"}
     elif choice == "none":
         return {"type": "none"}
-    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict) \
-            and isinstance(choice["function"].get("name"), str):
+    elif (
+        isinstance(choice, dict)
+        and isinstance(choice.get("function"), dict)
+        and isinstance(choice["function"].get("name"), str)
+    ):
         out = {"type": "tool", "name": choice["function"]["name"]}
     else:
         raise BadRequest("tool_choice must be 'auto', 'none', 'required' or a named function.")
@@ -307,8 +325,12 @@ class AnthropicStream(StreamTranslator):
             index = self.tool_index[data.get("index", -1)] = len(self.tool_index)
             name = str(block.get("name", ""))
             self.produced_chars += len(name)
-            call = {"index": index, "id": block.get("id"), "type": "function",
-                    "function": {"name": name, "arguments": ""}}
+            call = {
+                "index": index,
+                "id": block.get("id"),
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }
             return [_chunk({"tool_calls": [call]})]
         return []  # thinking and redacted_thinking stay out of an OpenAI answer
 
@@ -361,8 +383,11 @@ class AnthropicProvider(Provider):
         super().__init__(config)
         base = config.base_url.rstrip("/")
         self.url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
-        self.headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION,
-                        **config.headers}
+        self.headers = {
+            "Content-Type": "application/json",
+            "anthropic-version": API_VERSION,
+            **config.headers,
+        }
         if config.api_key:
             self.headers["x-api-key"] = config.api_key
 
@@ -395,8 +420,9 @@ class AnthropicProvider(Provider):
         tools = source.get("tools")
         if tools:
             body["tools"] = translate_tools(tools)
-            choice = translate_tool_choice(source.get("tool_choice"),
-                                           source.get("parallel_tool_calls"))
+            choice = translate_tool_choice(
+                source.get("tool_choice"), source.get("parallel_tool_calls")
+            )
             if choice is not None:
                 body["tool_choice"] = choice
         if chat.stream:
@@ -421,40 +447,58 @@ class AnthropicProvider(Provider):
                 texts.append(block["text"])
             elif block.get("type") == "tool_use":
                 arguments = orjson.dumps(block.get("input") or {}).decode()
-                calls.append({"id": block.get("id"), "type": "function",
-                              "function": {"name": block.get("name"), "arguments": arguments}})
-        message: dict[str, Any] = {"role": "assistant",
-                                   "content": "".join(texts) if texts or not calls else None,
-                                   "refusal": None}
+                calls.append(
+                    {
+                        "id": block.get("id"),
+                        "type": "function",
+                        "function": {"name": block.get("name"), "arguments": arguments},
+                    }
+                )
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(texts) if texts or not calls else None,
+            "refusal": None,
+        }
         if calls:
             message["tool_calls"] = calls
-        completion: dict[str, Any] = {"choices": [{
-            "index": 0, "message": message, "logprobs": None,
-            "finish_reason": finish_reason(payload.get("stop_reason")),
-        }]}
+        completion: dict[str, Any] = {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": finish_reason(payload.get("stop_reason")),
+                }
+            ]
+        }
         usage = usage_from(payload.get("usage"))
         if usage is not None:
             cached = payload["usage"].get("cache_read_input_tokens")
-            completion["usage"] = {**usage.as_dict(),
-                                   "prompt_tokens_details": {"cached_tokens": cached or 0}}
+            completion["usage"] = {
+                **usage.as_dict(),
+                "prompt_tokens_details": {"cached_tokens": cached or 0},
+            }
         return completion, usage
 
     def stream_translator(self, chat: ChatRequest) -> StreamTranslator:
         return AnthropicStream(chat, self)
 
-    def error_from_type(self, error: Any, headers: dict[str, str],
-                        status: int | None = None) -> GatewayError:
+    def error_from_type(
+        self, error: Any, headers: dict[str, str], status: int | None = None
+    ) -> GatewayError:
         """Map Anthropic's error `type` (and the HTTP status, when there is one) to ours."""
         kind = error.get("type") if isinstance(error, dict) else None
         message = error.get("message") if isinstance(error, dict) else None
         name = self.config.name
         retry = {"Retry-After": headers.get("retry-after") or "1"}
         if kind == "overloaded_error" or status in (503, 529):
-            return ServiceUnavailable(f"Provider '{name}' is overloaded; retry later.",
-                                      headers=retry)
+            return ServiceUnavailable(
+                f"Provider '{name}' is overloaded; retry later.", headers=retry
+            )
         if kind == "rate_limit_error" or status == 429:
-            return ServiceUnavailable(f"Provider '{name}' is rate-limited; retry later.",
-                                      headers=retry)
+            return ServiceUnavailable(
+                f"Provider '{name}' is rate-limited; retry later.", headers=retry
+            )
         if kind in ("authentication_error", "permission_error") or status in (401, 403):
             return UpstreamError(f"The gateway's credentials for provider '{name}' were rejected.")
         if kind == "billing_error" or status == 402:
@@ -463,15 +507,21 @@ class AnthropicProvider(Provider):
             return BadRequest(f"The request is too large for provider '{name}'.")
         client_fault = kind in ("invalid_request_error", "not_found_error")
         if client_fault or (status is not None and 400 <= status < 500):
-            return BadRequest(message if isinstance(message, str) and message
-                              else f"Provider '{name}' rejected the request.")
+            return BadRequest(
+                message
+                if isinstance(message, str) and message
+                else f"Provider '{name}' rejected the request."
+            )
         if status is not None:
             return UpstreamError(f"Provider '{name}' failed ({status}).")
-        return UpstreamError(f"Provider '{name}' failed mid-stream"
-                             + (f": {message}" if isinstance(message, str) and message else "."))
+        return UpstreamError(
+            f"Provider '{name}' failed mid-stream"
+            + (f": {message}" if isinstance(message, str) and message else ".")
+        )
 
-    def error_from_response(self, status: int, body: bytes,
-                            headers: dict[str, str]) -> GatewayError:
+    def error_from_response(
+        self, status: int, body: bytes, headers: dict[str, str]
+    ) -> GatewayError:
         try:
             payload = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:

@@ -46,8 +46,16 @@ from proxy.sse import SSEEvent
 
 MAX_STOP_SEQUENCES = 5
 
-_FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
-             "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION")
+_FILTERED = (
+    "SAFETY",
+    "RECITATION",
+    "BLOCKLIST",
+    "PROHIBITED_CONTENT",
+    "SPII",
+    "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT",
+    "IMAGE_RECITATION",
+)
 FINISH_REASONS: dict[str, str] = {
     "STOP": "stop",
     "MAX_TOKENS": "length",
@@ -309,10 +317,21 @@ def _calling_config(choice: Any, names: set[str]) -> dict[str, Any]:
 
 # -- JSON Schema -> Gemini Schema ------------------------------------------------------------
 
-_FORMATS = {"string": {"enum", "date-time"}, "number": {"float", "double"},
-            "integer": {"int32", "int64"}}
-_NUMBERS = ("minimum", "maximum", "minItems", "maxItems", "minLength", "maxLength",
-            "minProperties", "maxProperties")
+_FORMATS = {
+    "string": {"enum", "date-time"},
+    "number": {"float", "double"},
+    "integer": {"int32", "int64"},
+}
+_NUMBERS = (
+    "minimum",
+    "maximum",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "minProperties",
+    "maxProperties",
+)
 _MAX_SCHEMA_DEPTH = 32
 
 
@@ -439,14 +458,16 @@ def _candidate_output(candidate: dict[str, Any]) -> tuple[str, list[dict[str, An
             texts.append(part["text"])
         call = part.get("functionCall")
         if isinstance(call, dict):
-            calls.append({
-                "id": f"call_{uuid.uuid4().hex}",
-                "type": "function",
-                "function": {
-                    "name": str(call.get("name") or ""),
-                    "arguments": orjson.dumps(call.get("args") or {}).decode(),
-                },
-            })
+            calls.append(
+                {
+                    "id": f"call_{uuid.uuid4().hex}",
+                    "type": "function",
+                    "function": {
+                        "name": str(call.get("name") or ""),
+                        "arguments": orjson.dumps(call.get("args") or {}).decode(),
+                    },
+                }
+            )
     return "".join(texts), calls
 
 
@@ -519,9 +540,7 @@ class GeminiStream(StreamTranslator):
         chunks: list[dict[str, Any]] = []
         if not self.started:
             self.started = True
-            chunks.extend(
-                _chunk(i, {"role": "assistant", "content": ""}) for i in range(self.n)
-            )
+            chunks.extend(_chunk(i, {"role": "assistant", "content": ""}) for i in range(self.n))
         self.usage = usage_from(payload.get("usageMetadata")) or self.usage
         candidates = payload.get("candidates")
         if not candidates and _blocked(payload):
@@ -604,18 +623,24 @@ class GeminiProvider(Provider):
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if calls:
                 message["tool_calls"] = calls
-            choices.append({
-                "index": candidate.get("index", 0),  # proto3 JSON leaves out a zero index
-                "message": message,
-                "finish_reason": finish_reason(candidate.get("finishReason"), bool(calls)),
-                "logprobs": None,
-            })
+            choices.append(
+                {
+                    "index": candidate.get("index", 0),  # proto3 JSON leaves out a zero index
+                    "message": message,
+                    "finish_reason": finish_reason(candidate.get("finishReason"), bool(calls)),
+                    "logprobs": None,
+                }
+            )
         if not choices:
             if not _blocked(payload):
                 raise UpstreamError("The upstream provider sent an answer with no candidates.")
             choices = [
-                {"index": i, "message": {"role": "assistant", "content": ""},
-                 "finish_reason": "content_filter", "logprobs": None}
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": ""},
+                    "finish_reason": "content_filter",
+                    "logprobs": None,
+                }
                 for i in range(_candidate_count(chat.body))
             ]
         choices.sort(key=lambda choice: choice["index"])
@@ -649,8 +674,10 @@ class GeminiProvider(Provider):
         name = self.config.name
         google = error.get("status")
         message = error.get("message") if isinstance(error.get("message"), str) else None
-        if _key_rejected(error) or status in (401, 403) or google in (
-            "UNAUTHENTICATED", "PERMISSION_DENIED"
+        if (
+            _key_rejected(error)
+            or status in (401, 403)
+            or google in ("UNAUTHENTICATED", "PERMISSION_DENIED")
         ):
             return UpstreamError(f"The gateway's credentials for provider '{name}' were rejected.")
         if status == 429 or google == "RESOURCE_EXHAUSTED":

@@ -25,8 +25,11 @@ API_VERSION = "2023-06-01"
 # Scenarios answered with an HTTP error before any stream: status, error type, message.
 HTTP_ERRORS = {
     "overloaded": (529, "overloaded_error", "Overloaded"),
-    "invalid_request": (400, "invalid_request_error",
-                        "messages.0.content.0.text: text content blocks must be non-empty"),
+    "invalid_request": (
+        400,
+        "invalid_request_error",
+        "messages.0.content.0.text: text content blocks must be non-empty",
+    ),
     "rate_limited": (429, "rate_limit_error", "Number of request tokens has exceeded your limit."),
     "server_error": (500, "api_error", "Internal server error"),
     "not_found": (404, "not_found_error", "model: claude-unknown"),
@@ -119,19 +122,29 @@ class FakeAnthropic:
             content.append({"type": "thinking", "thinking": "Let me see.", "signature": "sig"})
         if s.text:
             content.append({"type": "text", "text": "".join(s.text)})
-        content += [{"type": "tool_use", "id": t.id, "name": t.name, "input": t.input}
-                    for t in s.tools]
+        content += [
+            {"type": "tool_use", "id": t.id, "name": t.name, "input": t.input} for t in s.tools
+        ]
         return {
-            "id": message_id, "type": "message", "role": "assistant", "model": body["model"],
-            "content": content, "stop_reason": self._stop_reason(), "stop_sequence": None,
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": content,
+            "stop_reason": self._stop_reason(),
+            "stop_sequence": None,
             "usage": self._usage(s.output_tokens),
         }
 
     def _events(self, body: dict[str, Any], message_id: str) -> list[tuple[str, dict[str, Any]]]:
         """The stream as the real service sends it: blocks in order, pings in between."""
         s = self.scenario
-        message = {**self._message(body, message_id), "content": [], "stop_reason": None,
-                   "usage": self._usage(1)}
+        message = {
+            **self._message(body, message_id),
+            "content": [],
+            "stop_reason": None,
+            "usage": self._usage(1),
+        }
         events: list[tuple[str, dict[str, Any]]] = [
             ("message_start", {"type": "message_start", "message": message}),
             ("ping", {"type": "ping"}),
@@ -140,58 +153,93 @@ class FakeAnthropic:
 
         def block(start: dict[str, Any], deltas: list[dict[str, Any]]) -> None:
             nonlocal index
-            events.append(("content_block_start", {"type": "content_block_start", "index": index,
-                                                   "content_block": start}))
-            events.extend(("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                   "delta": delta}) for delta in deltas)
+            events.append(
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": start},
+                )
+            )
+            events.extend(
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
+                for delta in deltas
+            )
             events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
             index += 1
 
         if s.thinking:
-            block({"type": "thinking", "thinking": "", "signature": ""},
-                  [{"type": "thinking_delta", "thinking": "Let me see."},
-                   {"type": "signature_delta", "signature": "sig"}])
+            block(
+                {"type": "thinking", "thinking": "", "signature": ""},
+                [
+                    {"type": "thinking_delta", "thinking": "Let me see."},
+                    {"type": "signature_delta", "signature": "sig"},
+                ],
+            )
         if s.text:
-            block({"type": "text", "text": ""},
-                  [{"type": "text_delta", "text": piece} for piece in s.text])
+            block(
+                {"type": "text", "text": ""},
+                [{"type": "text_delta", "text": piece} for piece in s.text],
+            )
         if s.unknown_event:
-            events.append(("content_block_annotation", {"type": "content_block_annotation",
-                                                        "note": "from the future"}))
+            events.append(
+                (
+                    "content_block_annotation",
+                    {"type": "content_block_annotation", "note": "from the future"},
+                )
+            )
         for tool in s.tools:
             arguments = orjson.dumps(tool.input).decode()
             third = max(1, len(arguments) // 3)
             # The real service opens with an empty fragment, then sends the JSON in pieces.
-            pieces = ["", *filter(None, (arguments[:third], arguments[third:2 * third],
-                                         arguments[2 * third:]))]
-            block({"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}},
-                  [{"type": "input_json_delta", "partial_json": p} for p in pieces])
+            pieces = [
+                "",
+                *filter(
+                    None, (arguments[:third], arguments[third : 2 * third], arguments[2 * third :])
+                ),
+            ]
+            block(
+                {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}},
+                [{"type": "input_json_delta", "partial_json": p} for p in pieces],
+            )
         if s.kind == "overloaded_midstream":
             # Two deltas out, then the error event; the real service closes the stream after it.
             cut = 2 + next(i for i, (name, _) in enumerate(events) if name == "content_block_delta")
             error = {"type": "overloaded_error", "message": "Overloaded"}
             return [*events[:cut], ("error", {"type": "error", "error": error})]
         events.append(("ping", {"type": "ping"}))
-        events.append(("message_delta", {
-            "type": "message_delta",
-            "delta": {"stop_reason": self._stop_reason(), "stop_sequence": None},
-            "usage": {"output_tokens": s.output_tokens},
-        }))
+        events.append(
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": self._stop_reason(), "stop_sequence": None},
+                    "usage": {"output_tokens": s.output_tokens},
+                },
+            )
+        )
         events.append(("message_stop", {"type": "message_stop"}))
         return events
 
-    async def _stream(self, request: web.Request, body: dict[str, Any],
-                      message_id: str) -> web.StreamResponse:
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
-            **_ids(message_id),
-        })
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], message_id: str
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                **_ids(message_id),
+            }
+        )
         await response.prepare(request)
         for i, (name, data) in enumerate(self._events(body, message_id)):
             if i and self.scenario.delay:
                 await asyncio.sleep(self.scenario.delay)
             self.sent.append(Sent(time.monotonic(), name, data))
-            await response.write(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data)
-                                 + b"\n\n")
+            await response.write(
+                b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+            )
         await response.write_eof()
         return response
 
@@ -200,10 +248,14 @@ def _ids(message_id: str) -> dict[str, str]:
     return {"request-id": "req_" + message_id.removeprefix("msg_")}
 
 
-def _error(status: int, kind: str, message: str,
-           headers: dict[str, str] | None = None) -> web.Response:
-    body = {"type": "error", "error": {"type": kind, "message": message},
-            "request_id": "req_fakeerror"}
+def _error(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {
+        "type": "error",
+        "error": {"type": kind, "message": message},
+        "request_id": "req_fakeerror",
+    }
     return web.json_response(body, status=status, headers=headers)
 
 

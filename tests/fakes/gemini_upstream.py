@@ -33,29 +33,67 @@ KEY_INVALID_MESSAGE = "API key not valid. Please pass a valid API key."
 
 # Scenarios answered with an HTTP error before any stream: status, Google status, message.
 HTTP_ERRORS: dict[str, tuple[int, str, str]] = {
-    "bad-request": (400, "INVALID_ARGUMENT",
-                    "* GenerateContentRequest.generation_config.max_output_tokens: "
-                    "must be positive"),
-    "precondition": (400, "FAILED_PRECONDITION",
-                     "User location is not supported for the API use."),
-    "not-found": (404, "NOT_FOUND",
-                  "models/gemini-0 is not found for API version v1beta, or is not supported "
-                  "for generateContent."),
-    "rate-limited": (429, "RESOURCE_EXHAUSTED",
-                     "You exceeded your current quota, please check your plan and billing "
-                     "details."),
+    "bad-request": (
+        400,
+        "INVALID_ARGUMENT",
+        "* GenerateContentRequest.generation_config.max_output_tokens: must be positive",
+    ),
+    "precondition": (400, "FAILED_PRECONDITION", "User location is not supported for the API use."),
+    "not-found": (
+        404,
+        "NOT_FOUND",
+        "models/gemini-0 is not found for API version v1beta, or is not supported "
+        "for generateContent.",
+    ),
+    "rate-limited": (
+        429,
+        "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota, please check your plan and billing details.",
+    ),
     "server-error": (500, "INTERNAL", "An internal error has occurred."),
     "unavailable": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
 }
-SCENARIOS = ("text", "slow", "tools", "thinking", "blocked", "safety", "max-tokens", "multi",
-             "midstream-error", "truncated", *HTTP_ERRORS)
+SCENARIOS = (
+    "text",
+    "slow",
+    "tools",
+    "thinking",
+    "blocked",
+    "safety",
+    "max-tokens",
+    "multi",
+    "midstream-error",
+    "truncated",
+    *HTTP_ERRORS,
+)
 
-REQUEST_FIELDS = {"contents", "systemInstruction", "generationConfig", "tools", "toolConfig",
-                  "safetySettings", "cachedContent"}
-GENERATION_FIELDS = {"temperature", "topP", "topK", "maxOutputTokens", "stopSequences",
-                     "presencePenalty", "frequencyPenalty", "seed", "candidateCount",
-                     "responseMimeType", "responseSchema", "responseJsonSchema",
-                     "responseLogprobs", "logprobs", "thinkingConfig", "responseModalities"}
+REQUEST_FIELDS = {
+    "contents",
+    "systemInstruction",
+    "generationConfig",
+    "tools",
+    "toolConfig",
+    "safetySettings",
+    "cachedContent",
+}
+GENERATION_FIELDS = {
+    "temperature",
+    "topP",
+    "topK",
+    "maxOutputTokens",
+    "stopSequences",
+    "presencePenalty",
+    "frequencyPenalty",
+    "seed",
+    "candidateCount",
+    "responseMimeType",
+    "responseSchema",
+    "responseJsonSchema",
+    "responseLogprobs",
+    "logprobs",
+    "thinkingConfig",
+    "responseModalities",
+}
 TEXT = ["Hello", " from", " Gemini", "!"]
 TOOL_CALLS = [
     {"name": "get_weather", "args": {"city": "Paris", "unit": "celsius"}},
@@ -93,15 +131,27 @@ class FakeGemini:
 
         key = request.headers.get("x-goog-api-key")
         if key is None:
-            return _error(403, "PERMISSION_DENIED",
-                          "Method doesn't allow unregistered callers (callers without "
-                          "established identity). Please use API Key or other form of API "
-                          "consumer identity to call this API.")
+            return _error(
+                403,
+                "PERMISSION_DENIED",
+                "Method doesn't allow unregistered callers (callers without "
+                "established identity). Please use API Key or other form of API "
+                "consumer identity to call this API.",
+            )
         if key != self.api_key:
-            return _error(400, "INVALID_ARGUMENT", KEY_INVALID_MESSAGE,
-                          [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                            "reason": "API_KEY_INVALID", "domain": "googleapis.com",
-                            "metadata": {"service": "generativelanguage.googleapis.com"}}])
+            return _error(
+                400,
+                "INVALID_ARGUMENT",
+                KEY_INVALID_MESSAGE,
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "generativelanguage.googleapis.com"},
+                    }
+                ],
+            )
         if method not in ("generateContent", "streamGenerateContent"):
             return _error(404, "NOT_FOUND", f"Method {method!r} not found.")
         problem = _invalid(body)
@@ -110,8 +160,11 @@ class FakeGemini:
         scenario = model if model in SCENARIOS else "text"
         if scenario in HTTP_ERRORS:
             status, google, message = HTTP_ERRORS[scenario]
-            details = ([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}]
-                       if status == 429 else None)
+            details = (
+                [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}]
+                if status == 429
+                else None
+            )
             return _error(status, google, message, details)
 
         n = body.get("generationConfig", {}).get("candidateCount", 1)
@@ -133,8 +186,13 @@ class FakeGemini:
             received.sent_at.append(time.monotonic())
             await response.write(b"data: " + orjson.dumps(chunk) + b"\r\n\r\n")
         if scenario == "midstream-error":
-            error = {"error": {"code": 503, "message": "The model is overloaded.",
-                               "status": "UNAVAILABLE"}}
+            error = {
+                "error": {
+                    "code": 503,
+                    "message": "The model is overloaded.",
+                    "status": "UNAVAILABLE",
+                }
+            }
             await response.write(b"data: " + orjson.dumps(error) + b"\r\n\r\n")
         await response.write_eof()
         return response
@@ -172,8 +230,10 @@ def _invalid(body: Any) -> str | None:
     for name in body.keys() - REQUEST_FIELDS:
         return f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.'
     for name in (body.get("generationConfig") or {}).keys() - GENERATION_FIELDS:
-        return (f'Invalid JSON payload received. Unknown name "{name}" at '
-                "'generation_config': Cannot find field.")
+        return (
+            f'Invalid JSON payload received. Unknown name "{name}" at '
+            "'generation_config': Cannot find field."
+        )
     contents = body.get("contents")
     if not contents:
         return "* GenerateContentRequest.contents: contents is not specified"
@@ -198,8 +258,11 @@ def _invalid(body: Any) -> str | None:
 
 
 def _usage(candidates: int, thoughts: int = 0) -> dict[str, Any]:
-    usage = {"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": candidates,
-             "totalTokenCount": PROMPT_TOKENS + candidates + thoughts}
+    usage = {
+        "promptTokenCount": PROMPT_TOKENS,
+        "candidatesTokenCount": candidates,
+        "totalTokenCount": PROMPT_TOKENS + candidates + thoughts,
+    }
     if thoughts:
         usage["thoughtsTokenCount"] = thoughts
     return usage
@@ -208,8 +271,13 @@ def _usage(candidates: int, thoughts: int = 0) -> dict[str, Any]:
 def _response(
     candidates: list[dict[str, Any]], usage: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:
-    return {"candidates": candidates, "usageMetadata": usage, "modelVersion": MODEL_VERSION,
-            "responseId": "fake-response-id", **extra}
+    return {
+        "candidates": candidates,
+        "usageMetadata": usage,
+        "modelVersion": MODEL_VERSION,
+        "responseId": "fake-response-id",
+        **extra,
+    }
 
 
 def _candidate(parts: list[dict[str, Any]], finish: str | None = None, index: int = 0) -> dict:
@@ -224,9 +292,13 @@ def _candidate(parts: list[dict[str, Any]], finish: str | None = None, index: in
 def _chunks(scenario: str, n: int) -> list[dict[str, Any]]:
     """The stream of a scenario: one GenerateContentResponse per chunk, usage cumulative."""
     if scenario == "blocked":
-        return [{"promptFeedback": {"blockReason": "SAFETY"},
-                 "usageMetadata": {"promptTokenCount": 7, "totalTokenCount": 7},
-                 "modelVersion": MODEL_VERSION}]
+        return [
+            {
+                "promptFeedback": {"blockReason": "SAFETY"},
+                "usageMetadata": {"promptTokenCount": 7, "totalTokenCount": 7},
+                "modelVersion": MODEL_VERSION,
+            }
+        ]
     if scenario == "tools":
         return [
             _response([_candidate([{"functionCall": TOOL_CALLS[0]}])], _usage(9)),
@@ -234,21 +306,28 @@ def _chunks(scenario: str, n: int) -> list[dict[str, Any]]:
         ]
     if scenario == "thinking":
         return [
-            _response([_candidate([{"text": "Let me think about it...", "thought": True}])],
-                      _usage(0, 5)),
+            _response(
+                [_candidate([{"text": "Let me think about it...", "thought": True}])], _usage(0, 5)
+            ),
             _response([_candidate([{"text": "42"}], "STOP")], _usage(1, 5)),
         ]
     if scenario == "multi":
         return [
-            _response([_candidate([{"text": f"Answer {i}"}], "STOP", i) for i in range(n)],
-                      _usage(2 * n)),
+            _response(
+                [_candidate([{"text": f"Answer {i}"}], "STOP", i) for i in range(n)], _usage(2 * n)
+            ),
         ]
-    finish = {"safety": "SAFETY", "max-tokens": "MAX_TOKENS", "midstream-error": None,
-              "truncated": None}.get(scenario, "STOP")
+    finish = {
+        "safety": "SAFETY",
+        "max-tokens": "MAX_TOKENS",
+        "midstream-error": None,
+        "truncated": None,
+    }.get(scenario, "STOP")
     words = TEXT[:1] if scenario in ("midstream-error", "truncated") else TEXT
     return [
-        _response([_candidate([{"text": word}], finish if i == len(words) - 1 else None)],
-                  _usage(i + 1))
+        _response(
+            [_candidate([{"text": word}], finish if i == len(words) - 1 else None)], _usage(i + 1)
+        )
         for i, word in enumerate(words)
     ]
 
@@ -263,8 +342,11 @@ def _merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
             into = candidates.setdefault(index, _candidate([], index=index))
             parts = into["content"]["parts"]
             for part in candidate["content"]["parts"]:
-                if "text" in part and parts and "text" in parts[-1] and (
-                    part.get("thought") == parts[-1].get("thought")
+                if (
+                    "text" in part
+                    and parts
+                    and "text" in parts[-1]
+                    and (part.get("thought") == parts[-1].get("thought"))
                 ):
                     parts[-1] = {**parts[-1], "text": parts[-1]["text"] + part["text"]}
                 else:
