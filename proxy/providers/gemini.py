@@ -42,6 +42,7 @@ from proxy.errors import (
     UpstreamTimeout,
 )
 from proxy.providers.base import ChatRequest, Provider, StreamTranslator, UpstreamRequest, Usage
+from proxy.providers.gemini_schema import gemini_schema
 from proxy.sse import SSEEvent
 
 MAX_STOP_SEQUENCES = 5
@@ -313,113 +314,6 @@ def _calling_config(choice: Any, names: set[str]) -> dict[str, Any]:
     if name not in names:
         raise BadRequest(f"tool_choice names function {name!r}, which is not in tools.")
     return {"mode": "ANY", "allowedFunctionNames": [name]}
-
-
-# -- JSON Schema -> Gemini Schema ------------------------------------------------------------
-
-_FORMATS = {
-    "string": {"enum", "date-time"},
-    "number": {"float", "double"},
-    "integer": {"int32", "int64"},
-}
-_NUMBERS = (
-    "minimum",
-    "maximum",
-    "minItems",
-    "maxItems",
-    "minLength",
-    "maxLength",
-    "minProperties",
-    "maxProperties",
-)
-_MAX_SCHEMA_DEPTH = 32
-
-
-def gemini_schema(schema: dict[str, Any], where: str) -> dict[str, Any]:
-    """A JSON Schema narrowed to Gemini's OpenAPI subset: local $refs inlined, the rest dropped."""
-    defs: dict[str, Any] = {}
-    for key in ("definitions", "$defs"):
-        if isinstance(schema.get(key), dict):
-            defs.update(schema[key])
-    return _convert(schema, defs, where, 0)
-
-
-def _convert(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[str, Any]:
-    if depth > _MAX_SCHEMA_DEPTH:
-        raise BadRequest(f"{where} is recursive or nested too deeply for this model.")
-    if not isinstance(node, dict):
-        return {}
-    ref = node.get("$ref")
-    if isinstance(ref, str):
-        name = ref.rsplit("/", 1)[-1]
-        if not ref.startswith(("#/$defs/", "#/definitions/")) or name not in defs:
-            raise BadRequest(f"{where}: cannot resolve $ref {ref!r}.")
-        rest = {k: v for k, v in node.items() if k != "$ref"}
-        return _convert({**defs[name], **rest}, defs, where, depth + 1)
-
-    out: dict[str, Any] = {}
-    for sub in node.get("allOf") or ():
-        converted = _convert(sub, defs, where, depth + 1)
-        out.setdefault("properties", {}).update(converted.pop("properties", {}))
-        out.setdefault("required", []).extend(converted.pop("required", []))
-        for key, value in converted.items():
-            out.setdefault(key, value)
-
-    nullable = node.get("nullable") is True
-    kind = node.get("type")
-    if isinstance(kind, list):
-        kinds = [k for k in kind if k != "null"]
-        nullable = nullable or len(kinds) < len(kind)
-        if len(kinds) > 1:
-            out["anyOf"] = [_convert({**node, "type": k}, defs, where, depth + 1) for k in kinds]
-        kind = kinds[0] if len(kinds) == 1 else None
-    variants = node.get("anyOf") or node.get("oneOf")
-    if isinstance(variants, list):
-        real = [v for v in variants if not (isinstance(v, dict) and v.get("type") == "null")]
-        nullable = nullable or len(real) < len(variants)
-        converted_variants = [_convert(v, defs, where, depth + 1) for v in real]
-        if len(converted_variants) == 1:
-            out.update(converted_variants[0])
-        elif converted_variants:
-            out["anyOf"] = converted_variants
-
-    if isinstance(kind, str):
-        out["type"] = kind
-    enum = node.get("enum", [node["const"]] if "const" in node else None)
-    if isinstance(enum, list) and enum and all(isinstance(v, str) for v in enum):
-        out["enum"] = enum  # Gemini enums are strings only; others keep just their type
-        out.setdefault("type", "string")
-    if node.get("format") in _FORMATS.get(out.get("type", ""), ()):
-        out["format"] = node["format"]
-    if isinstance(node.get("description"), str):
-        out["description"] = node["description"]
-    if isinstance(node.get("pattern"), str):
-        out["pattern"] = node["pattern"]
-    for key in _NUMBERS:
-        value = node.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = value
-    properties = node.get("properties")
-    if isinstance(properties, dict):
-        out["properties"] = {
-            str(name): _convert(sub, defs, f"{where}.properties.{name}", depth + 1)
-            for name, sub in properties.items()
-        }
-    required = [*out.pop("required", []), *(node.get("required") or ())]
-    known = out.get("properties", {})
-    required = [r for r in dict.fromkeys(required) if r in known]
-    if required:
-        out["required"] = required
-    if not out.get("properties"):
-        out.pop("properties", None)
-    items = node.get("items")
-    if isinstance(items, list):
-        items = items[0] if items else None
-    if isinstance(items, dict):
-        out["items"] = _convert(items, defs, f"{where}.items", depth + 1)
-    if nullable:
-        out["nullable"] = True
-    return out
 
 
 # -- response --------------------------------------------------------------------------------
