@@ -57,7 +57,7 @@ class Accountant:
             limit = "" if tier.monthly_tokens is None else tier.monthly_tokens
             self.tier_args += [name, limit, tier.requests_per_minute]
         self._owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._retries: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Task[None]] = set()
         self._refused = {
             reason: metrics.admissions.labels(reason)
             for reason in ("admitted", "auth", "forbidden", "rate_limit", "quota", "store")
@@ -144,8 +144,19 @@ class Accountant:
         # 'duplicate': our request ids are random, so this is a bug, not the client's fault.
         raise ServiceUnavailable(f"Unexpected answer from the accounting store: {code!r}.")
 
+    def settle_soon(self, admission: Admission, usage: Usage, model: str, *, served: bool) -> None:
+        """Settle in the background: the answer need not wait for Redis to go out.
+
+        The task is kept until done (retrying while the store is down), and `flush` or
+        `drain` wait for it: usage reads and shutdown see every settle of this process.
+        """
+        task = asyncio.create_task(self.settle(admission, usage, model, served=served))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
     async def settle(self, admission: Admission, usage: Usage, model: str, *, served: bool) -> None:
-        """Charge `usage` and release the hold; retried in the background if the store fails."""
+        """Charge `usage` and release the hold, trying again while the store is down."""
+        account_id = admission.account_id
         args = [
             admission.request_id,
             usage.prompt_tokens,
@@ -156,33 +167,30 @@ class Accountant:
             keys.USAGE_TTL_SECONDS,
             "",
         ]
-        try:
-            await self._settle(admission.account_id, args)
-        except ServiceUnavailable:
-            # Settling is idempotent, so trying again until the store is back is safe.
-            log.warning("settle of %s failed; retrying in the background", admission.request_id)
-            task = asyncio.create_task(self._settle_later(admission.account_id, args))
-            self._retries.add(task)
-            task.add_done_callback(self._retries.discard)
-            return
-        self.metrics.tokens_charged.inc(usage.total_tokens)
-
-    async def _settle(self, account_id: str, args: list[object]) -> None:
-        await self.store.run("settle", lambda month: keys.settle_keys(account_id, month), args)
-
-    async def _settle_later(self, account_id: str, args: list[object]) -> None:
-        deadline = asyncio.get_running_loop().time() + self.hold_ttl_ms / 1000
-        while asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(SETTLE_RETRY_SECONDS)
+        loop = asyncio.get_running_loop()
+        # Settling is idempotent, so trying again until the store is back is safe; past the
+        # hold's lifetime it would charge nothing anyway.
+        deadline = loop.time() + self.hold_ttl_ms / 1000
+        while True:
             try:
-                await self._settle(account_id, args)
+                await self.store.run(
+                    "settle", lambda month: keys.settle_keys(account_id, month), args
+                )
             except ServiceUnavailable:
+                if loop.time() >= deadline:
+                    log.error("settle of %s abandoned", admission.request_id)
+                    return
+                log.warning("settle of %s failed; retrying", admission.request_id)
+                await asyncio.sleep(SETTLE_RETRY_SECONDS)
                 continue
-            self.metrics.tokens_charged.inc(int(args[1]) + int(args[2]))  # type: ignore[call-overload]
+            self.metrics.tokens_charged.inc(usage.total_tokens)
             return
-        log.error("settle of %s abandoned after %s s", args[0], self.hold_ttl_ms // 1000)
+
+    async def flush(self, seconds: float = 2.0) -> None:
+        """Wait (a little) for this process's settles in flight: read-your-writes for usage."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=seconds)
 
     async def drain(self, seconds: float) -> None:
-        """Wait for background settles (at shutdown)."""
-        if self._retries:
-            await asyncio.wait(set(self._retries), timeout=seconds)
+        """Wait for every settle in flight (at shutdown)."""
+        await self.flush(seconds)

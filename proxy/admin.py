@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from proxy import auth
-from proxy.appkeys import ACCOUNTS
+from proxy.appkeys import ACCOUNTANT, ACCOUNTS
 from proxy.errors import BadRequest, Unauthorized
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -67,6 +67,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 async def get_usage(request: web.Request) -> web.Response:
     month = request.query.get("month")
+    await request.app[ACCOUNTANT].flush()
     return json(await request.app[ACCOUNTS].usage(request.match_info["id"], month))
 
 

@@ -121,6 +121,7 @@ async def key_usage(request: web.Request) -> web.Response:
     accountant = app[ACCOUNTANT]
     owner = await accountant.identify(request.headers.get("Authorization"))
     admission = await accountant.admit(owner, request[REQUEST_ID], 0, consume=False)
+    await accountant.flush()  # this instance's settles in flight, so a client sees its last request
     full = await app[ACCOUNTS].usage(admission.account_id)
     body = {k: full[k] for k in ("month", "limit", "used", "remaining")}
     body["reset_at"] = next_month_start(full["month"])

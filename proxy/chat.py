@@ -6,13 +6,13 @@
     translate and send, answer or stream  providers/*, upstream.py
     settle what was used                  accounting.py (one Redis round trip, always)
 
-Settlement runs in `finally` under `asyncio.shield`, so a client that disconnects (aiohttp
-cancels the handler) or an upstream that fails still gets exactly what was produced charged.
+Settlement starts in `finally`, as a task of its own: a client that disconnects (aiohttp
+cancels the handler) or an upstream that fails still gets exactly what was produced charged,
+and a successful answer goes out without waiting for it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -128,7 +128,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             usage = Usage(chat.prompt_tokens_estimate, 0, estimated=True)
         usage = usage or Usage(0, 0)
         served = status == "200" or usage.total_tokens > 0  # counted as a request of the month
-        await asyncio.shield(accountant.settle(admission, usage, model, served=served))
+        accountant.settle_soon(admission, usage, model, served=served)
         metrics.requests.labels(model, provider.config.name, status).inc()
         if usage.total_tokens:
             metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)

@@ -7,9 +7,12 @@ LOAD, on one socket per process, auto-pipelined in the way of ioredis and rueidi
 
 - every command issued during one turn of the event loop goes out in one write;
 - replies come back in order and are matched to a FIFO of futures (hiredis parses them);
-- a caller that times out or is cancelled leaves its future in the FIFO, so its reply is
-  dropped when it comes and the next caller's is never mistaken for it: a cancelled call
-  cannot poison the connection;
+- a caller that is cancelled leaves its future in the FIFO, so its reply is dropped when it
+  comes and the next caller's is never mistaken for it: a cancelled call cannot poison the
+  connection;
+- one watchdog timer per connection, not one per call: when the oldest reply is later than
+  the timeout, the connection is dropped and every pending call fails at once (Redis answers
+  in order, so the later ones are late too);
 - a lost connection fails every pending call at once, and the next call reconnects; a
   restarted Redis has an empty script cache, which NOSCRIPT reloads transparently.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
+from functools import partial
 from typing import Any
 
 import hiredis
@@ -49,12 +53,14 @@ def encode(*parts: Any) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(encoding="utf-8", replyError=RedisReplyError)
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (future, deadline)
         self.outgoing: list[bytes] = []
         self.closed = False
+        self.watching = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
@@ -63,7 +69,7 @@ class _Protocol(asyncio.Protocol):
         self.reader.feed(data)
         waiting = self.waiting
         while (reply := self.reader.gets()) is not False:
-            future = waiting.popleft()
+            future, _ = waiting.popleft()
             if not future.done():  # done: its caller timed out or was cancelled
                 if isinstance(reply, RedisReplyError):
                     future.set_exception(reply)
@@ -71,19 +77,36 @@ class _Protocol(asyncio.Protocol):
                     future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.fail("connection to Redis lost")
+
+    def fail(self, why: str) -> None:
+        self.close()
         while self.waiting:
-            future = self.waiting.popleft()
+            future, _ = self.waiting.popleft()
             if not future.done():
-                future.set_exception(RedisConnectionError("connection to Redis lost"))
+                future.set_exception(RedisConnectionError(why))
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         if not self.outgoing:
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop.call_soon(self.flush)
         self.outgoing.append(command)
-        self.waiting.append(future)
+        self.waiting.append((future, loop.time() + self.timeout))
+        if not self.watching:
+            self.watching = True
+            loop.call_later(self.timeout / 2, self.watch)
         return future
+
+    def watch(self) -> None:
+        if self.closed or not self.waiting:
+            self.watching = False
+            return
+        if self.waiting[0][1] < asyncio.get_running_loop().time():
+            self.watching = False
+            self.fail(f"Redis did not answer within {self.timeout} s")
+            return
+        asyncio.get_running_loop().call_later(self.timeout / 2, self.watch)
 
     def flush(self) -> None:
         if self.outgoing and self.transport is not None and not self.closed:
@@ -125,11 +148,12 @@ class PipelinedScripts:
         p = self.params
         try:
             async with asyncio.timeout(self.timeout):
+                factory = partial(_Protocol, self.timeout)
                 if p.get("path"):
-                    _, protocol = await loop.create_unix_connection(_Protocol, p["path"])
+                    _, protocol = await loop.create_unix_connection(factory, p["path"])
                 else:
                     _, protocol = await loop.create_connection(
-                        _Protocol, p.get("host", "localhost"), p.get("port", 6379)
+                        factory, p.get("host", "localhost"), p.get("port", 6379)
                     )
                 setup = []
                 if p.get("password"):
@@ -156,16 +180,8 @@ class PipelinedScripts:
         return await self._call(command)
 
     async def _call(self, command: bytes) -> Any:
-        protocol = None
-        try:
-            async with asyncio.timeout(self.timeout):
-                protocol = await self._connection()
-                return await protocol.send(command)
-        except TimeoutError:
-            # A peer that went silent never closes the socket: drop it and connect anew.
-            if protocol is not None:
-                protocol.close()
-            raise
+        protocol = await self._connection()
+        return await protocol.send(command)
 
     def close(self) -> None:
         if self._protocol is not None:

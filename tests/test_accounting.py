@@ -12,7 +12,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from proxy.appkeys import ACCOUNTS
+from proxy.appkeys import ACCOUNTANT, ACCOUNTS
 from tests.conftest import FakeUpstream, Gateway, GatewayFactory, RedisServer, openai_provider
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
 
@@ -52,6 +52,7 @@ async def chat(
 
 
 async def usage_of(gw: Gateway) -> dict:
+    await gw.app[ACCOUNTANT].flush()
     return await gw.app[ACCOUNTS].usage(gw.account_id)
 
 
@@ -90,6 +91,7 @@ async def test_quota_admits_exactly_k_across_two_instances(
     assert len(ok) == k
     assert len(refused) == 300 - k
     assert all(body == {"error": QUOTA_MESSAGE} for body in refused)
+    await b.app[ACCOUNTANT].flush()
     usage = await usage_of(a)
     assert usage["used"] == sum(body["usage"]["total_tokens"] for body in ok)
     assert usage["used"] == k * (PROMPT_TOKENS + COMPLETION_TOKENS)
