@@ -21,8 +21,10 @@ from aiohttp import web
 
 from proxy.appkeys import ACCOUNTANT, CONFIG, METRICS, REQUEST_ID, ROUTER, UPSTREAM
 from proxy.errors import GatewayError
+from proxy.metrics import Metrics
 from proxy.providers.base import ChatRequest, StreamTranslator, Usage
 from proxy.tokens import estimate_text_tokens
+from proxy.upstream import Timing
 from proxy.validation import read_json_object, validate_chat
 
 
@@ -45,7 +47,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     app = request.app
     config, metrics, router = app[CONFIG], app[METRICS], app[ROUTER]
     accountant, upstream = app[ACCOUNTANT], app[UPSTREAM]
-    started = time.perf_counter()
+    timing = Timing()
 
     # The key first, as OpenAI does: a caller without a valid key learns nothing more. Known
     # keys are cached, so this costs a Redis call only on a key's first use in this process.
@@ -61,21 +63,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     hold = chat.prompt_tokens_estimate + (
         chat.max_tokens or config.accounting.default_completion_reserve
     )
+    since = time.perf_counter()
     admission = await accountant.admit(owner, request_id, hold)
+    timing.store = time.perf_counter() - since
 
     deployment, provider = router.route(chat.public_model)[0]
     model = chat.public_model
-    stream_label = "true" if chat.stream else "false"
     headers = {**admission.headers, "x-woozlit-provider": provider.config.name}
     translator: StreamTranslator | None = None
     usage: Usage | None = None
     sent = False  # the request went to the provider
     opened = False  # the provider's stream began
     status = "499"  # until we know better: the client went away
-    first_byte: list[float] = []
-
-    def on_first_chunk() -> None:
-        first_byte.append(time.perf_counter())
 
     metrics.in_flight.inc()
     try:
@@ -83,7 +82,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if chat.stream:
             translator = provider.stream_translator(chat)
             sent = True
-            resp = await upstream.open(provider, upstream_request)
+            resp = await upstream.open(provider, upstream_request, timing)
             opened = True
             stamp = {
                 "id": request_id,
@@ -94,14 +93,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             metrics.open_streams.inc()
             try:
                 out = await upstream.pump(
-                    request, provider, resp, translator, stamp, headers, on_first_chunk
+                    request, provider, resp, translator, stamp, headers, timing
                 )
             finally:
                 metrics.open_streams.dec()
             status = "200"
             return out
         sent = True
-        payload, usage = await upstream.complete(provider, upstream_request, chat)
+        payload, usage = await upstream.complete(provider, upstream_request, chat, timing)
         if usage is None:
             usage = estimate_completion(payload, chat)
         payload["id"] = request_id
@@ -109,7 +108,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         payload["model"] = model
         payload["usage"] = {**(payload.get("usage") or {}), **usage.as_dict()}
         status = "200"
-        first_byte.append(time.perf_counter())
+        timing.first_chunk = time.perf_counter()
         return web.Response(
             body=orjson.dumps(payload), content_type="application/json", headers=headers
         )
@@ -129,11 +128,26 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         usage = usage or Usage(0, 0)
         served = status == "200" or usage.total_tokens > 0  # counted as a request of the month
         accountant.settle_soon(admission, usage, model, served=served)
-        metrics.requests.labels(model, provider.config.name, status).inc()
-        if usage.total_tokens:
-            metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
-            metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
-        now = time.perf_counter()
-        metrics.duration.labels(model, stream_label).observe(now - started)
-        if first_byte:
-            metrics.ttfb.labels(model, stream_label).observe(first_byte[0] - started)
+        record(metrics, model, provider.config.name, status, chat.stream, usage, timing)
+
+
+def record(
+    metrics: Metrics,
+    model: str,
+    provider: str,
+    status: str,
+    stream: bool,
+    usage: Usage,
+    timing: Timing,
+) -> None:
+    """The request's metrics, once it is over."""
+    label = "true" if stream else "false"
+    total = time.perf_counter() - timing.started
+    metrics.requests.labels(model, provider, status).inc()
+    if usage.total_tokens:
+        metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+        metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+    metrics.duration.labels(model, label).observe(total)
+    if timing.first_chunk:
+        metrics.ttft.labels(model, label).observe(timing.first_chunk - timing.started)
+    metrics.overhead.labels(label).observe(max(total - timing.upstream - timing.store, 0.0))

@@ -49,9 +49,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.ttfb = Histogram(
-            "woozlit_time_to_first_byte_seconds",
-            "Time from request to the first byte of the answer (first token, for streams).",
+        self.ttft = Histogram(
+            "woozlit_time_to_first_token_seconds",
+            "Time from request to the first chunk of a stream, or to the whole non-stream answer.",
             ["model", "stream"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -101,6 +101,26 @@ class Metrics:
             "woozlit_redis_errors_total",
             "Failed Redis calls by operation.",
             ["op"],
+            registry=r,
+        )
+
+        self.overhead = Histogram(
+            "woozlit_gateway_overhead_seconds",
+            "The gateway's own time per request: total minus waiting on the upstream and Redis.",
+            ["stream"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+            registry=r,
+        )
+        self.cooldowns = Gauge(
+            "woozlit_deployment_cooldown",
+            "1 while a deployment is cooled down after repeated failures, else 0.",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "woozlit_upstream_retries_total",
+            "Attempts moved on to the next deployment, by the provider that failed.",
+            ["provider"],
             registry=r,
         )
 

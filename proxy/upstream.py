@@ -14,7 +14,8 @@ Once headers are out, a failure is one `data: {"error": ...}` event and the end.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -33,6 +34,16 @@ SSE_HEADERS = {
 }
 
 
+@dataclass(slots=True)
+class Timing:
+    """Where one request's time went: for the latency, TTFT and overhead metrics."""
+
+    started: float = field(default_factory=time.perf_counter)
+    first_chunk: float = 0.0  # when the first byte of the answer was ready (0: not yet)
+    upstream: float = 0.0  # seconds spent waiting on the provider
+    store: float = 0.0  # seconds spent waiting on Redis
+
+
 class Upstream:
     """The shared client session, and the request/response cycle with one provider."""
 
@@ -40,9 +51,12 @@ class Upstream:
         self.session = session
         self.metrics = metrics
 
-    async def open(self, provider: Provider, req: UpstreamRequest) -> aiohttp.ClientResponse:
+    async def open(
+        self, provider: Provider, req: UpstreamRequest, timing: Timing
+    ) -> aiohttp.ClientResponse:
         """Send the request; return the response once its headers say 2xx."""
         timeouts = provider.config.timeouts
+        since = time.perf_counter()
         try:
             async with asyncio.timeout(timeouts.first_byte):
                 resp = await self.session.post(
@@ -66,13 +80,16 @@ class Upstream:
         except (aiohttp.ClientError, OSError) as exc:
             self.metrics.upstream_errors.labels(provider.config.name, "connect").inc()
             raise UpstreamError(f"Could not reach provider '{provider.config.name}'.") from exc
+        finally:
+            timing.upstream += time.perf_counter() - since
         return resp
 
     async def complete(
-        self, provider: Provider, req: UpstreamRequest, chat: ChatRequest
+        self, provider: Provider, req: UpstreamRequest, chat: ChatRequest, timing: Timing
     ) -> tuple[dict[str, Any], Usage | None]:
         """A non-stream answer as an OpenAI completion dict."""
-        resp = await self.open(provider, req)
+        resp = await self.open(provider, req, timing)
+        since = time.perf_counter()
         try:
             async with asyncio.timeout(provider.config.timeouts.idle):
                 body = await resp.read()
@@ -86,6 +103,7 @@ class Upstream:
             ) from exc
         finally:
             resp.release()
+            timing.upstream += time.perf_counter() - since
         return provider.parse_response(body, chat)
 
     async def pump(
@@ -96,16 +114,18 @@ class Upstream:
         translator: StreamTranslator,
         stamp: dict[str, Any],
         headers: dict[str, str],
-        on_first_chunk: Callable[[], None],
+        timing: Timing,
     ) -> web.StreamResponse:
         """Forward the upstream stream to the client, one event at a time."""
         out: web.StreamResponse | None = None
+        clock = time.perf_counter
         parser = SSEParser()
         idle = provider.config.timeouts.idle
         name = provider.config.name
         content = resp.content
         try:
             while True:
+                since = clock()
                 try:
                     async with asyncio.timeout(idle):
                         data = await content.readany()
@@ -115,20 +135,20 @@ class Upstream:
                 except (aiohttp.ClientError, OSError) as exc:
                     self.metrics.upstream_errors.labels(name, "reset").inc()
                     raise UpstreamError(f"Provider '{name}' dropped the stream.") from exc
+                finally:
+                    timing.upstream += clock() - since
                 events = parser.feed(data) if data else parser.close()
                 for event in events:
                     for chunk in translator.feed(event):
                         if out is None:
-                            out = await self._start(request, headers)
-                            on_first_chunk()
+                            out = await self._start(request, headers, timing)
                         chunk.update(stamp)
                         await out.write(frame(orjson.dumps(chunk)))
                 if not data:
                     break
             for chunk in translator.finish():
                 if out is None:
-                    out = await self._start(request, headers)
-                    on_first_chunk()
+                    out = await self._start(request, headers, timing)
                 chunk.update(stamp)
                 await out.write(frame(orjson.dumps(chunk)))
             if not translator.done:
@@ -145,14 +165,16 @@ class Upstream:
             # closes the connection: the provider sees it at once and stops generating.
             resp.release()
         if out is None:
-            out = await self._start(request, headers)
-            on_first_chunk()
+            out = await self._start(request, headers, timing)
         await out.write(DONE)
         await out.write_eof()
         return out
 
     @staticmethod
-    async def _start(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    async def _start(
+        request: web.Request, headers: dict[str, str], timing: Timing
+    ) -> web.StreamResponse:
+        timing.first_chunk = time.perf_counter()
         out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
         await out.prepare(request)
         return out
