@@ -167,7 +167,7 @@ def create_app(
     metrics_ = Metrics()
     app[CONFIG] = config
     app[METRICS] = metrics_
-    app[ROUTER] = Router(config)
+    app[ROUTER] = Router(config, metrics_)
     app[STATE] = {"draining": False}
     app.on_response_prepare.append(_add_request_id)
 

@@ -2,8 +2,9 @@
 
     read and validate the body            validation.py
     admit: key, rate limit, quota hold    accounting.py (one Redis round trip)
-    pick the deployment                   routing.py
-    translate and send, answer or stream  providers/*, upstream.py
+    plan the deployments to try           routing.py
+    translate and send, answer or stream  providers/*, upstream.py (the next deployment
+                                          on a 502/503/504 before any byte went out)
     settle what was used                  accounting.py (one Redis round trip, always)
 
 Settlement starts in `finally`, as a task of its own: a client that disconnects (aiohttp
@@ -13,16 +14,20 @@ and a successful answer goes out without waiting for it.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from proxy.appkeys import ACCOUNTANT, CONFIG, METRICS, REQUEST_ID, ROUTER, UPSTREAM
+from proxy.config import Deployment
 from proxy.errors import GatewayError
 from proxy.metrics import Metrics
-from proxy.providers.base import ChatRequest, StreamTranslator, Usage
+from proxy.providers.base import ChatRequest, Provider, StreamTranslator, Usage
 from proxy.tokens import estimate_text_tokens
 from proxy.upstream import Timing
 from proxy.validation import read_json_object, validate_chat
@@ -43,10 +48,36 @@ def estimate_completion(payload: dict[str, Any], chat: ChatRequest) -> Usage:
     return Usage(chat.prompt_tokens_estimate, estimate_text_tokens(chars), estimated=True)
 
 
+# Statuses of a failed attempt that another deployment may well not repeat: the provider
+# could not be reached, timed out, is overloaded or rate-limited, failed, or lacks a key.
+RETRYABLE = frozenset({502, 503, 504})
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the current attempt of one request has produced: what settling charges."""
+
+    chat: ChatRequest
+    translator: StreamTranslator | None = None
+    usage: Usage | None = None
+    sent: bool = False  # the request went to the provider
+    opened: bool = False  # the provider's stream began
+    status: str = "499"  # until we know better: the client went away
+
+    def charge(self) -> Usage:
+        """The usage to charge, once the request is over."""
+        if self.translator is not None and self.opened:
+            return self.translator.final_usage()
+        if self.usage is None and self.sent and self.status == "499":
+            # The client left while the provider was working on the prompt: that much was spent.
+            return Usage(self.chat.prompt_tokens_estimate, 0, estimated=True)
+        return self.usage or Usage(0, 0)
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     app = request.app
     config, metrics, router = app[CONFIG], app[METRICS], app[ROUTER]
-    accountant, upstream = app[ACCOUNTANT], app[UPSTREAM]
+    accountant = app[ACCOUNTANT]
     timing = Timing()
 
     # The key first, as OpenAI does: a caller without a valid key learns nothing more. Known
@@ -59,76 +90,108 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         accept=request.headers.get("Accept", ""),
         default_temperature=config.server.default_temperature,
     )
-    request_id = request[REQUEST_ID]
     hold = chat.prompt_tokens_estimate + (
         chat.max_tokens or config.accounting.default_completion_reserve
     )
     since = time.perf_counter()
-    admission = await accountant.admit(owner, request_id, hold)
+    admission = await accountant.admit(owner, request[REQUEST_ID], hold)
     timing.store = time.perf_counter() - since
 
-    deployment, provider = router.route(chat.public_model)[0]
     model = chat.public_model
-    headers = {**admission.headers, "x-woozlit-provider": provider.config.name}
-    translator: StreamTranslator | None = None
-    usage: Usage | None = None
-    sent = False  # the request went to the provider
-    opened = False  # the provider's stream began
-    status = "499"  # until we know better: the client went away
-
+    plan = router.plan(model)
+    routing = config.routing
+    deadline = timing.started + routing.deadline_seconds
+    headers = dict(admission.headers)
+    exchange = Exchange(chat)
+    provider_name = plan[0][1].config.name
     metrics.in_flight.inc()
     try:
-        upstream_request = provider.build_request(chat, deployment)
-        if chat.stream:
-            translator = provider.stream_translator(chat)
-            sent = True
-            resp = await upstream.open(provider, upstream_request, timing)
-            opened = True
-            stamp = {
-                "id": request_id,
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": model,
-            }
-            metrics.open_streams.inc()
+        for attempt, (deployment, provider) in enumerate(plan, 1):
+            provider_name = provider.config.name
+            exchange = Exchange(chat)  # a failed attempt delivered nothing: nothing to charge
+            headers["x-woozlit-deployment"] = f"{provider_name}/{deployment.model}"
             try:
-                out = await upstream.pump(
-                    request, provider, resp, translator, stamp, headers, timing
+                response = await forward(request, exchange, deployment, provider, headers, timing)
+            except GatewayError as exc:
+                if exc.status not in RETRYABLE:
+                    raise
+                router.breaker.failed(deployment)
+                # Nothing is retried once bytes have reached the client.
+                if timing.first_chunk or attempt == len(plan):
+                    raise
+                pause = random.uniform(
+                    0,
+                    min(
+                        routing.backoff_max_seconds,
+                        routing.backoff_base_seconds * 2 ** (attempt - 1),
+                    ),
                 )
-            finally:
-                metrics.open_streams.dec()
-            status = "200"
-            return out
-        sent = True
-        payload, usage = await upstream.complete(provider, upstream_request, chat, timing)
-        if usage is None:
-            usage = estimate_completion(payload, chat)
-        payload["id"] = request_id
-        payload["object"] = "chat.completion"
-        payload["model"] = model
-        payload["usage"] = {**(payload.get("usage") or {}), **usage.as_dict()}
-        status = "200"
-        timing.first_chunk = time.perf_counter()
-        return web.Response(
-            body=orjson.dumps(payload), content_type="application/json", headers=headers
-        )
+                if time.perf_counter() + pause >= deadline:
+                    raise
+                metrics.retries.labels(provider_name).inc()
+                await asyncio.sleep(pause)
+                continue
+            router.breaker.succeeded(deployment)
+            return response
+        raise AssertionError("unreachable: the last attempt returns or raises")
     except GatewayError as exc:
-        status = str(exc.status)
-        # A failure before any byte reached the client: nothing was delivered, nothing is charged.
-        sent = opened = False
+        exchange.status = str(exc.status)
+        exchange.sent = exchange.opened = False  # failed before any byte: nothing delivered
         exc.headers = {**headers, **exc.headers}
         raise
     finally:
         metrics.in_flight.dec()
-        if translator is not None and opened:
-            usage = translator.final_usage()
-        elif usage is None and sent and status == "499":
-            # The client left while the provider was working on the prompt: that much was spent.
-            usage = Usage(chat.prompt_tokens_estimate, 0, estimated=True)
-        usage = usage or Usage(0, 0)
-        served = status == "200" or usage.total_tokens > 0  # counted as a request of the month
+        usage = exchange.charge()
+        served = exchange.status == "200" or usage.total_tokens > 0  # a request of the month
         accountant.settle_soon(admission, usage, model, served=served)
-        record(metrics, model, provider.config.name, status, chat.stream, usage, timing)
+        record(metrics, model, provider_name, exchange.status, chat.stream, usage, timing)
+
+
+async def forward(
+    request: web.Request,
+    exchange: Exchange,
+    deployment: Deployment,
+    provider: Provider,
+    headers: dict[str, str],
+    timing: Timing,
+) -> web.StreamResponse:
+    """One attempt: send the request to one deployment and answer the client from it."""
+    upstream, metrics = request.app[UPSTREAM], request.app[METRICS]
+    chat = exchange.chat
+    request_id = request[REQUEST_ID]
+    upstream_request = provider.build_request(chat, deployment)
+    if chat.stream:
+        exchange.translator = translator = provider.stream_translator(chat)
+        exchange.sent = True
+        resp = await upstream.open(provider, upstream_request, timing)
+        exchange.opened = True
+        stamp = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": chat.public_model,
+        }
+        metrics.open_streams.inc()
+        try:
+            out = await upstream.pump(request, provider, resp, translator, stamp, headers, timing)
+        finally:
+            metrics.open_streams.dec()
+        exchange.status = "200"
+        return out
+    exchange.sent = True
+    payload, usage = await upstream.complete(provider, upstream_request, chat, timing)
+    if usage is None:
+        usage = estimate_completion(payload, chat)
+    exchange.usage = usage
+    payload["id"] = request_id
+    payload["object"] = "chat.completion"
+    payload["model"] = chat.public_model
+    payload["usage"] = {**(payload.get("usage") or {}), **usage.as_dict()}
+    exchange.status = "200"
+    timing.first_chunk = time.perf_counter()
+    return web.Response(
+        body=orjson.dumps(payload), content_type="application/json", headers=headers
+    )
 
 
 def record(

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -34,6 +34,9 @@ PUBLIC_API_HOSTS = frozenset(
 )
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+_T = TypeVar("_T")
 
 
 class ConfigError(Exception):
@@ -73,7 +76,8 @@ class ProviderConfig:
 class Deployment:
     provider: str
     model: str
-    weight: int = 1
+    weight: int = 1  # share of the traffic among deployments of the same priority
+    priority: int = 0  # lower first; by default a deployment's place in the list
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +101,22 @@ class AccountingConfig:
     # A hold not settled within this time (its instance died) expires by itself. Longer than
     # any request may last: a request settled after its hold expired is not charged.
     hold_ttl_seconds: int = 3600
-    # How long a key lookup may be cached in-process; revocation is also pushed by pub/sub.
-    key_cache_seconds: float = 0.5
     # Timeout of every Redis call: a down store answers 503 quickly instead of hanging.
     redis_timeout_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """Retries and fallbacks, before the first byte of an answer has gone out."""
+
+    # All attempts of one request, backoffs included, end by this deadline.
+    deadline_seconds: float = 30.0
+    # Backoff before the next attempt: base * 2^(attempt-1), at most max, with full jitter.
+    backoff_base_seconds: float = 0.05
+    backoff_max_seconds: float = 1.0
+    # A deployment failing this many times in a row is skipped for cooldown_seconds.
+    cooldown_after_failures: int = 3
+    cooldown_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +127,7 @@ class Config:
     tiers: Mapping[str, Tier]
     server: ServerConfig = field(default_factory=ServerConfig)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     log_level: str = "INFO"
 
 
@@ -218,20 +235,31 @@ class _Parser:
         top = self.mapping(
             raw,
             "",
-            {"providers", "models", "tiers", "server", "accounting", "log_level"},
+            {"providers", "models", "tiers", "server", "accounting", "routing", "log_level"},
             {"providers", "models", "tiers"},
         )
         providers = self.providers(top.get("providers", {}))
         models = self.models(top.get("models", {}), providers)
         tiers = self.tiers(top.get("tiers", {}))
         server = self.server(top.get("server", {}))
-        accounting = self.accounting(top.get("accounting", {}))
+        accounting = self.numbers(
+            top.get("accounting", {}),
+            "accounting",
+            AccountingConfig(),
+            integer={"default_completion_reserve", "hold_ttl_seconds"},
+        )
+        routing = self.numbers(
+            top.get("routing", {}),
+            "routing",
+            RoutingConfig(),
+            integer={"cooldown_after_failures"},
+        )
         log_level = self.string(top.get("log_level", "INFO"), "log_level").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             self.error("log_level", "must be one of DEBUG, INFO, WARNING, ERROR")
         if self.errors:
             raise ConfigError(self.errors)
-        return Config(self.path, providers, models, tiers, server, accounting, log_level)
+        return Config(self.path, providers, models, tiers, server, accounting, routing, log_level)
 
     def providers(self, node: Any) -> dict[str, ProviderConfig]:
         out: dict[str, ProviderConfig] = {}
@@ -260,7 +288,7 @@ class _Parser:
                 base_url=self.url(spec.get("base_url", ""), f"{where}.base_url"),
                 api_key=self.string(raw_key, f"{where}.api_key"),
                 api_key_env=key_var.group(1) if key_var else None,
-                timeouts=self.timeouts(spec.get("timeouts", {}), f"{where}.timeouts"),
+                timeouts=self.numbers(spec.get("timeouts", {}), f"{where}.timeouts", Timeouts()),
                 default_max_tokens=self.number(
                     spec.get("default_max_tokens", 4096),
                     f"{where}.default_max_tokens",
@@ -274,18 +302,18 @@ class _Parser:
             self.error("providers", "at least one provider is required")
         return out
 
-    def timeouts(self, node: Any, where: str) -> Timeouts:
-        spec = self.mapping(node, where, {"connect", "first_byte", "idle"})
-        defaults = Timeouts()
-        values = {
-            name: self.number(
-                spec.get(name, getattr(defaults, name)), f"{where}.{name}", minimum=0.001
+    def numbers(self, node: Any, where: str, defaults: _T, integer: Collection[str] = ()) -> _T:
+        """A section of positive numbers (the fields of `defaults`, which gives their defaults)."""
+        names = [f.name for f in fields(defaults)]  # type: ignore[arg-type]
+        spec = self.mapping(node, where, set(names))
+        values = {}
+        for name in names:
+            default = getattr(defaults, name)
+            value = self.number(
+                spec.get(name, default), f"{where}.{name}", minimum=0.001, integer=name in integer
             )
-            for name in ("connect", "first_byte", "idle")
-        }
-        return Timeouts(
-            **{k: v if v is not None else getattr(defaults, k) for k, v in values.items()}
-        )
+            values[name] = default if value is None else value
+        return replace(defaults, **values)  # type: ignore[type-var]
 
     def models(
         self, node: Any, providers: Mapping[str, ProviderConfig]
@@ -306,7 +334,7 @@ class _Parser:
             for i, dep in enumerate(deployments):
                 dwhere = f"{where}[{i}]"
                 dep = self.mapping(
-                    dep, dwhere, {"provider", "model", "weight"}, {"provider", "model"}
+                    dep, dwhere, {"provider", "model", "weight", "priority"}, {"provider", "model"}
                 )
                 provider = self.string(dep.get("provider", ""), f"{dwhere}.provider")
                 if "provider" in dep and provider not in providers:
@@ -317,7 +345,12 @@ class _Parser:
                 weight = self.number(
                     dep.get("weight", 1), f"{dwhere}.weight", minimum=1, integer=True
                 )
-                parsed.append(Deployment(provider, model, weight or 1))
+                priority = self.number(
+                    dep.get("priority", i), f"{dwhere}.priority", minimum=0, integer=True
+                )
+                parsed.append(
+                    Deployment(provider, model, weight or 1, i if priority is None else priority)
+                )
             out[str(public)] = tuple(parsed)
         if not out and not self.errors:
             self.error("models", "at least one model is required")
@@ -372,29 +405,6 @@ class _Parser:
             )
             or d.max_body_bytes,
             default_temperature=temperature if temperature is not None else d.default_temperature,
-        )
-
-    def accounting(self, node: Any) -> AccountingConfig:
-        names = (
-            "default_completion_reserve",
-            "hold_ttl_seconds",
-            "key_cache_seconds",
-            "redis_timeout_seconds",
-        )
-        spec = self.mapping(node, "accounting", set(names))
-        d = AccountingConfig()
-        integer = {"default_completion_reserve", "hold_ttl_seconds"}
-        values = {
-            n: self.number(
-                spec.get(n, getattr(d, n)),
-                f"accounting.{n}",
-                minimum=0 if n == "key_cache_seconds" else 0.001,
-                integer=n in integer,
-            )
-            for n in names
-        }
-        return AccountingConfig(
-            **{k: v if v is not None else getattr(d, k) for k, v in values.items()}
         )
 
 

@@ -1,25 +1,90 @@
-"""The routing table: a public model name -> its deployments, each a provider and a model."""
+"""The routing table: a public model name -> its deployments, and the order to try them.
+
+Deployments are tried by priority (by default their place in the list); among deployments
+of equal priority the order is drawn at random by weight, which balances load among them.
+A deployment that fails `cooldown_after_failures` times in a row is cooled down for
+`cooldown_seconds` (a simple circuit breaker): it goes to the end of the order, so it is
+tried only when everything else has failed too.
+"""
 
 from __future__ import annotations
 
-from proxy.config import Config, Deployment
+import random
+import time
+from itertools import groupby
+
+from proxy.config import Config, Deployment, RoutingConfig
+from proxy.metrics import Metrics
 from proxy.providers import build_provider
 from proxy.providers.base import Provider
 
 Route = tuple[tuple[Deployment, Provider], ...]
 
 
+class Breaker:
+    """Consecutive failures per deployment, and until when each is cooled down."""
+
+    def __init__(self, config: RoutingConfig, metrics: Metrics):
+        self.threshold = config.cooldown_after_failures
+        self.cooldown = config.cooldown_seconds
+        self.metrics = metrics
+        self.failures: dict[Deployment, int] = {}
+        self.until: dict[Deployment, float] = {}
+
+    def cooling(self, deployment: Deployment, now: float) -> bool:
+        until = self.until.get(deployment)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self.until[deployment]
+        self.metrics.cooldowns.labels(deployment.provider, deployment.model).set(0)
+        return False
+
+    def failed(self, deployment: Deployment) -> None:
+        count = self.failures.get(deployment, 0) + 1
+        self.failures[deployment] = count
+        if count >= self.threshold:
+            self.failures[deployment] = 0
+            self.until[deployment] = time.monotonic() + self.cooldown
+            self.metrics.cooldowns.labels(deployment.provider, deployment.model).set(1)
+
+    def succeeded(self, deployment: Deployment) -> None:
+        if self.failures.get(deployment):
+            self.failures[deployment] = 0
+
+
 class Router:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, metrics: Metrics):
         self.providers = {name: build_provider(pc) for name, pc in config.providers.items()}
         self.routes: dict[str, Route] = {
-            public: tuple((dep, self.providers[dep.provider]) for dep in deployments)
+            public: tuple(
+                sorted(
+                    ((dep, self.providers[dep.provider]) for dep in deployments),
+                    key=lambda pair: pair[0].priority,
+                )
+            )
             for public, deployments in config.models.items()
         }
+        self.breaker = Breaker(config.routing, metrics)
 
-    def route(self, public_model: str) -> Route:
-        """The deployments of a (validated) public model, in the order to try them."""
-        return self.routes[public_model]
+    def plan(self, public_model: str) -> Route:
+        """The deployments of a (validated) public model, in the order to try them now."""
+        route = self.routes[public_model]
+        if len(route) == 1:
+            return route
+        ordered: list[tuple[Deployment, Provider]] = []
+        for _, group in groupby(route, key=lambda pair: pair[0].priority):
+            members = list(group)
+            if len(members) > 1:
+                # A weighted random permutation (Efraimidis and Spirakis): key u^(1/w).
+                members.sort(key=lambda pair: -(random.random() ** (1 / pair[0].weight)))
+            ordered += members
+        now = time.monotonic()
+        cooling = [pair for pair in ordered if self.breaker.cooling(pair[0], now)]
+        if cooling:
+            ordered = [pair for pair in ordered if pair not in cooling] + cooling
+        return tuple(ordered)
 
     def owner(self, public_model: str) -> str:
         """The provider that serves a model first, for the model list's `owned_by`."""

@@ -164,6 +164,7 @@ async def gateway() -> AsyncIterator[GatewayFactory]:
         *,
         tiers: dict[str, Any] | None = None,
         accounting: dict[str, Any] | None = None,
+        routing: dict[str, Any] | None = None,
         server: dict[str, Any] | None = None,
         redis_url: str | None = None,
         account: dict[str, Any] | None = None,
@@ -177,6 +178,8 @@ async def gateway() -> AsyncIterator[GatewayFactory]:
         }
         if accounting:
             raw["accounting"] = accounting
+        if routing:
+            raw["routing"] = routing
         if server:
             raw["server"] = server
         config = parse_config(raw, "test.yaml", os.environ)

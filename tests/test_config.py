@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from proxy.config import ConfigError, load_config, parse_config
+from proxy.metrics import Metrics
 from proxy.routing import Router
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,12 +67,12 @@ def errors_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
 def test_shipped_config_routes_the_twelve_models():
     config = load_config(SHIPPED, {})
     assert set(config.models) == set(SPEC_MODELS)
-    router = Router(config)
+    router = Router(config, Metrics())
     for public, kind in SPEC_MODELS.items():
-        deployment, provider = router.route(public)[0]
+        deployment, provider = router.plan(public)[0]
         assert provider.config.kind == kind, public
         assert deployment.model == public.removeprefix("woozlit/")
-    assert router.route("woozlit/deepseek-chat")[0][1].config.name == "deepseek"
+    assert router.plan("woozlit/deepseek-chat")[0][1].config.name == "deepseek"
     assert set(config.tiers) == {"free", "premium"}
     assert config.tiers["free"].monthly_tokens == 1_000_000
     assert config.tiers["premium"].monthly_tokens is None

@@ -1,0 +1,155 @@
+"""Retries and fallbacks across a model's deployments, cooldowns, and weighted balancing."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from proxy.appkeys import ACCOUNTANT, ACCOUNTS, METRICS
+from tests.conftest import FakeUpstream, GatewayFactory, free_port, openai_provider
+from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
+
+FAST = {"backoff_base_seconds": 0.001, "backoff_max_seconds": 0.002}
+
+
+def providers(fake: FakeUpstream) -> dict:
+    return {
+        "good": openai_provider(fake.url),
+        "dead": openai_provider(f"http://127.0.0.1:{free_port()}/v1"),
+        "slow": openai_provider(fake.url, timeouts={"first_byte": 0.2}),
+    }
+
+
+async def post(gw, body: dict) -> tuple[int, dict | bytes, dict]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gw.api + "/chat/completions", json=body, headers=gw.auth()) as resp,
+    ):
+        data = await resp.read()
+        is_json = resp.content_type == "application/json"
+        return resp.status, (await resp.json()) if is_json else data, dict(resp.headers)
+
+
+def request(model: str, stream: bool = False) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+
+
+@pytest.mark.parametrize(
+    ("first", "why"),
+    [
+        ({"provider": "dead", "model": "gpt-4o-mini"}, "connection refused"),
+        ({"provider": "good", "model": "error-500"}, "upstream 500"),
+        ({"provider": "good", "model": "error-429"}, "upstream 429"),
+        ({"provider": "good", "model": "error-401"}, "our provider key refused"),
+        ({"provider": "slow", "model": "hang"}, "no answer in time"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_falls_back_to_the_next_deployment(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, first, why, stream
+):
+    models = {"woozlit/m": [first, {"provider": "good", "model": "gpt-4o-mini"}]}
+    gw = await gateway(providers(fake_openai), models, routing=FAST)
+    status, body, headers = await post(gw, request("woozlit/m", stream))
+    assert status == 200, (why, body)
+    assert headers["x-woozlit-deployment"] == "good/gpt-4o-mini"
+    if not stream:
+        assert body["usage"]["total_tokens"] == PROMPT_TOKENS + COMPLETION_TOKENS
+    metrics = gw.app[METRICS].render().decode()
+    assert f'woozlit_upstream_retries_total{{provider="{first["provider"]}"}} 1.0' in metrics
+    await gw.app[ACCOUNTANT].flush()
+    usage = await gw.app[ACCOUNTS].usage(gw.account_id)
+    assert usage["used"] == PROMPT_TOKENS + COMPLETION_TOKENS  # only the attempt that served
+
+
+async def test_a_client_error_is_not_retried(gateway: GatewayFactory, fake_openai: FakeUpstream):
+    models = {
+        "woozlit/m": [
+            {"provider": "good", "model": "error-400"},
+            {"provider": "good", "model": "gpt-4o-mini"},
+        ]
+    }
+    gw = await gateway(providers(fake_openai), models, routing=FAST)
+    status, body, headers = await post(gw, request("woozlit/m"))
+    assert status == 400
+    assert "too long" in body["error"]
+    assert headers["x-woozlit-deployment"] == "good/error-400"
+    assert len(fake_openai.record.requests) == 1
+
+
+async def test_when_every_deployment_fails_the_last_error_is_the_answer(
+    gateway: GatewayFactory, fake_openai: FakeUpstream
+):
+    models = {
+        "woozlit/m": [
+            {"provider": "dead", "model": "gpt-4o-mini"},
+            {"provider": "good", "model": "error-429"},
+        ]
+    }
+    gw = await gateway(providers(fake_openai), models, routing=FAST)
+    status, body, headers = await post(gw, request("woozlit/m"))
+    assert status == 503
+    assert headers["Retry-After"] == "7"
+    assert "rate-limited" in body["error"]
+
+
+async def test_nothing_is_retried_after_bytes_reached_the_client(
+    gateway: GatewayFactory, fake_openai: FakeUpstream
+):
+    models = {
+        "woozlit/m": [
+            {"provider": "good", "model": "midstream-error"},
+            {"provider": "good", "model": "gpt-4o-mini"},
+        ]
+    }
+    gw = await gateway(providers(fake_openai), models, routing=FAST)
+    status, body, _ = await post(gw, request("woozlit/m", stream=True))
+    assert status == 200
+    assert body.rstrip().endswith(b'data: {"error":"The model crashed."}')
+    assert len(fake_openai.record.requests) == 1
+
+
+async def test_a_failing_deployment_is_cooled_down(
+    gateway: GatewayFactory, fake_openai: FakeUpstream
+):
+    models = {
+        "woozlit/m": [
+            {"provider": "good", "model": "error-500"},
+            {"provider": "good", "model": "gpt-4o-mini"},
+        ]
+    }
+    routing = {**FAST, "cooldown_after_failures": 2, "cooldown_seconds": 60}
+    gw = await gateway(providers(fake_openai), models, routing=routing)
+    for _ in range(2):
+        assert (await post(gw, request("woozlit/m")))[0] == 200
+    tried = [r["model"] for r in fake_openai.record.requests]
+    assert tried == ["error-500", "gpt-4o-mini"] * 2
+    for _ in range(3):
+        assert (await post(gw, request("woozlit/m")))[0] == 200
+    tried = [r["model"] for r in fake_openai.record.requests]
+    assert tried[4:] == ["gpt-4o-mini"] * 3  # the cooled-down deployment is skipped
+    metrics = gw.app[METRICS].render().decode()
+    assert 'woozlit_deployment_cooldown{model="error-500",provider="good"} 1.0' in metrics
+
+
+async def test_equal_priorities_are_balanced_by_weight(
+    gateway: GatewayFactory, fake_openai: FakeUpstream
+):
+    models = {
+        "woozlit/m": [
+            {"provider": "good", "model": "gpt-4o-mini", "priority": 0, "weight": 3},
+            {"provider": "good", "model": "gpt-4o", "priority": 0, "weight": 1},
+            {"provider": "good", "model": "never", "priority": 1},
+        ]
+    }
+    gw = await gateway(providers(fake_openai), models, routing=FAST)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            async with session.post(
+                gw.api + "/chat/completions", json=request("woozlit/m"), headers=gw.auth()
+            ) as resp:
+                assert resp.status == 200
+    tried = [r["model"] for r in fake_openai.record.requests]
+    share = tried.count("gpt-4o-mini") / len(tried)
+    assert "never" not in tried
+    assert 0.6 < share < 0.9  # 0.75 expected; 4.9 standard deviations away either side
