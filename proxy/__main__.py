@@ -49,7 +49,13 @@ async def _serve(config: Config, host: str, port: int) -> None:
             "no WOOZLIT_REDIS_URL: using the embedded in-process store "
             "(single process only, nothing persisted)"
         )
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        # How long in-flight requests and streams may take to finish once we stop listening.
+        shutdown_timeout=config.server.drain_seconds,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=2048)
     await site.start()
@@ -66,9 +72,19 @@ async def _serve(config: Config, host: str, port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # Graceful drain: readiness fails at once; new connections are still served for a short
+    # grace, while the load balancer notices; then we stop listening and in-flight requests
+    # and streams get up to drain_seconds; last, the settles of every request are flushed.
     app[STATE]["draining"] = True
-    log.info("shutting down: finishing in-flight requests")
+    log.info(
+        "draining: readiness is 503; serving for %ss more", config.server.shutdown_grace_seconds
+    )
+    await asyncio.sleep(config.server.shutdown_grace_seconds)
+    log.info(
+        "no longer listening; finishing in-flight requests (up to %ss)", config.server.drain_seconds
+    )
     await runner.cleanup()
+    log.info("stopped")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

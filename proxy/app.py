@@ -90,7 +90,10 @@ async def request_id_middleware(request: web.Request, handler: Any) -> web.Strea
     given = request.headers.get("x-request-id", "")
     ok = given and len(given) <= 128 and all(c in _REQUEST_ID_OK for c in given)
     request[X_REQUEST_ID] = given if ok else request_id
-    return await handler(request)
+    response: web.StreamResponse = await handler(request)
+    if request.app[STATE]["draining"]:
+        response.force_close()  # no keep-alive while draining: the client reconnects elsewhere
+    return response
 
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -92,6 +92,10 @@ class ServerConfig:
     port: int = 8080
     max_body_bytes: int = 4 * 1024 * 1024
     default_temperature: float = 0.7
+    # On SIGTERM: /readyz answers 503 at once, new connections are still served for the grace
+    # (so the load balancer can notice), then in-flight requests get up to drain_seconds.
+    shutdown_grace_seconds: float = 3.0
+    drain_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,30 +386,22 @@ class _Parser:
         return out
 
     def server(self, node: Any) -> ServerConfig:
-        spec = self.mapping(
-            node, "server", {"host", "port", "max_body_bytes", "default_temperature"}
-        )
         d = ServerConfig()
-        port = self.number(spec.get("port", d.port), "server.port", minimum=0, integer=True)
-        if port is not None and port > 65535:
-            self.error("server.port", "must be at most 65535")
-        temperature = self.number(
-            spec.get("default_temperature", d.default_temperature),
-            "server.default_temperature",
-            minimum=0,
-        )
-        return ServerConfig(
-            host=self.string(spec.get("host", d.host), "server.host"),
-            port=port if port is not None else d.port,
-            max_body_bytes=self.number(
-                spec.get("max_body_bytes", d.max_body_bytes),
-                "server.max_body_bytes",
-                minimum=1,
-                integer=True,
+        names = [f.name for f in fields(ServerConfig)]
+        spec = self.mapping(node, "server", set(names))
+        values: dict[str, Any] = {"host": self.string(spec.get("host", d.host), "server.host")}
+        for name in names[1:]:
+            default = getattr(d, name)
+            value = self.number(
+                spec.get(name, default),
+                f"server.{name}",
+                minimum=1 if name == "max_body_bytes" else 0,
+                integer=isinstance(default, int),
             )
-            or d.max_body_bytes,
-            default_temperature=temperature if temperature is not None else d.default_temperature,
-        )
+            values[name] = default if value is None else value
+        if values["port"] > 65535:
+            self.error("server.port", "must be at most 65535")
+        return ServerConfig(**values)
 
 
 def _join(where: str, key: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -27,6 +28,15 @@ DEFAULT_TIERS = {
     "free": {"monthly_tokens": 1_000_000, "requests_per_minute": 60},
     "premium": {"monthly_tokens": None, "requests_per_minute": 100_000},
 }
+
+
+async def eventually(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait until `predicate()` holds (polling); fail after `seconds`."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"still false after {seconds} s: {predicate}")
 
 
 def free_port() -> int:

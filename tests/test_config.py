@@ -170,8 +170,8 @@ RULES = {
         "providers.openai.timeouts.connect: must be a number, got 'fast'",
         "models.woozlit/gpt-4o: must be a non-empty list of deployments",
         "server.port: must be a number, got '8080.5'",
-        "server.default_temperature: must be a number",
         "server.max_body_bytes: must be an integer",
+        "server.default_temperature: must be a number",
     ],
     "negative_numbers.yaml": [
         "providers.openai.timeouts.first_byte: must be at least 0.001",
