@@ -23,9 +23,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.appkeys import ACCOUNTANT, CONFIG, METRICS, REQUEST_ID, ROUTER, UPSTREAM
+from proxy.appkeys import ACCOUNTANT, CONFIG, METRICS, REQUEST_ID, ROUTER, STORE, UPSTREAM
 from proxy.config import Deployment
-from proxy.errors import GatewayError
+from proxy.errors import BadRequest, GatewayError
+from proxy.idempotency import MAX_KEY_LENGTH, Claim
 from proxy.metrics import Metrics
 from proxy.providers.base import ChatRequest, Provider, StreamTranslator, Usage
 from proxy.tokens import estimate_text_tokens
@@ -76,8 +77,7 @@ class Exchange:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     app = request.app
-    config, metrics, router = app[CONFIG], app[METRICS], app[ROUTER]
-    accountant = app[ACCOUNTANT]
+    config, accountant = app[CONFIG], app[ACCOUNTANT]
     timing = Timing()
 
     # The key first, as OpenAI does: a caller without a valid key learns nothing more. Known
@@ -86,10 +86,45 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json_object(request, config.server.max_body_bytes)
     chat = validate_chat(
         body,
-        models=router.routes,
+        models=app[ROUTER].routes,
         accept=request.headers.get("Accept", ""),
         default_temperature=config.server.default_temperature,
     )
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if not idempotency_key or chat.stream:
+        return await serve(request, owner, chat, timing)
+
+    if len(idempotency_key) > MAX_KEY_LENGTH:
+        raise BadRequest(f"Idempotency-Key must be at most {MAX_KEY_LENGTH} characters.")
+    claim = Claim(
+        app[STORE],
+        owner[0],
+        idempotency_key,
+        orjson.dumps(chat.body, option=orjson.OPT_SORT_KEYS),
+        config.accounting.idempotency_window_seconds,
+    )
+    stored = await claim.begin()
+    if stored is not None:
+        return web.Response(
+            body=stored, content_type="application/json", headers={"Idempotent-Replayed": "true"}
+        )
+    try:
+        response = await serve(request, owner, chat, timing)
+    except BaseException:
+        await asyncio.shield(claim.abandon())  # the client's retry must run for real
+        raise
+    assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+    await claim.finish(response.body)
+    return response
+
+
+async def serve(
+    request: web.Request, owner: tuple[str, str], chat: ChatRequest, timing: Timing
+) -> web.StreamResponse:
+    """Admit, try the deployments in turn, settle."""
+    app = request.app
+    config, metrics, router = app[CONFIG], app[METRICS], app[ROUTER]
+    accountant = app[ACCOUNTANT]
     hold = chat.prompt_tokens_estimate + (
         chat.max_tokens or config.accounting.default_completion_reserve
     )

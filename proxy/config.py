@@ -107,6 +107,8 @@ class AccountingConfig:
     hold_ttl_seconds: int = 3600
     # Timeout of every Redis call: a down store answers 503 quickly instead of hanging.
     redis_timeout_seconds: float = 1.0
+    # How long the answer to a non-stream request with an Idempotency-Key is kept for replay.
+    idempotency_window_seconds: int = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +252,11 @@ class _Parser:
             top.get("accounting", {}),
             "accounting",
             AccountingConfig(),
-            integer={"default_completion_reserve", "hold_ttl_seconds"},
+            integer={
+                "default_completion_reserve",
+                "hold_ttl_seconds",
+                "idempotency_window_seconds",
+            },
         )
         routing = self.numbers(
             top.get("routing", {}),

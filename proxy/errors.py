@@ -45,6 +45,16 @@ class MethodNotAllowed(GatewayError):
     default_message = "Method not allowed."
 
 
+class Conflict(GatewayError):
+    status = 409
+    default_message = "A request with this Idempotency-Key is still in progress."
+
+
+class IdempotencyMismatch(GatewayError):
+    status = 422
+    default_message = "This Idempotency-Key was used for a different request body."
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     default_message = "Request body too large."

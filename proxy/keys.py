@@ -50,6 +50,11 @@ def held(account_id: str) -> str:
     return f"{_tag(account_id)}:held"
 
 
+def idempotency(account_id: str, key_digest: str) -> str:
+    """A client's Idempotency-Key: 'pending:<body digest>' or 'done:<body digest>:<answer>'."""
+    return f"{_tag(account_id)}:idem:{key_digest}"
+
+
 def key_digest(digest: str) -> str:
     """API key SHA-256 digest -> 'account_id:key_id'."""
     return f"{PREFIX}:digest:{digest}"

@@ -1,0 +1,60 @@
+"""Retry safety: a retried non-stream request returns the stored answer, charged once.
+
+A client names a request with `Idempotency-Key`. (Not with `X-Request-Id`: proxies set one
+per hop, and every answer would then be stored for the whole window.) The first request
+with a key takes it (SET NX, a `pending` marker carrying the body's digest); its successful
+answer is stored under the key for the configured window. A retry then gets that answer
+back, with `Idempotent-Replayed: true`, and is neither admitted nor charged again. A retry
+while the first is still running gets 409; the same key with another body gets 422. A
+failed request gives the key back, so the client's retry runs for real. Keys are per
+account, under the account's hash tag. Streams are not covered: an answer that was streamed
+cannot be replayed as it went.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from proxy import keys
+from proxy.errors import Conflict, IdempotencyMismatch
+from proxy.store import Store
+
+MAX_KEY_LENGTH = 255
+
+
+def _digest(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+class Claim:
+    """One request's hold on an idempotency key."""
+
+    def __init__(self, store: Store, account_id: str, key: str, body: bytes, window: int):
+        self.store = store
+        self.redis_key = keys.idempotency(account_id, _digest(key))
+        self.body_digest = _digest(body)
+        self.window_ms = window * 1000
+
+    async def begin(self) -> bytes | None:
+        """Take the key; or the stored answer of an earlier request with it."""
+        pending = f"pending:{self.body_digest}"
+        taken = await self.store.command("set", self.redis_key, pending, nx=True, px=self.window_ms)
+        if taken:
+            return None
+        value = await self.store.command("get", self.redis_key)
+        if value is None:  # expired between the two calls: take it now
+            return await self.begin()
+        state, _, rest = value.partition(":")
+        digest, _, answer = rest.partition(":")
+        if digest != self.body_digest:
+            raise IdempotencyMismatch()
+        if state == "pending":
+            raise Conflict()
+        return answer.encode()
+
+    async def finish(self, answer: bytes) -> None:
+        value = f"done:{self.body_digest}:{answer.decode()}"
+        await self.store.command("set", self.redis_key, value, xx=True, px=self.window_ms)
+
+    async def abandon(self) -> None:
+        await self.store.command("delete", self.redis_key)

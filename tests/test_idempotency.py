@@ -1,0 +1,102 @@
+"""Idempotency-Key: a retried non-stream request returns the stored answer, charged once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from proxy.appkeys import ACCOUNTANT, ACCOUNTS
+from tests.conftest import FakeUpstream, GatewayFactory, eventually, openai_provider
+from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
+
+MODELS = {
+    "woozlit/m": [{"provider": "openai", "model": "gpt-4o-mini"}],
+    "woozlit/gated": [{"provider": "openai", "model": "gated"}],
+    "woozlit/broken": [{"provider": "openai", "model": "error-500"}],
+}
+
+
+def body(model: str = "woozlit/m", text: str = "hi", stream: bool = False) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}], "stream": stream}
+
+
+async def post(session, gw, payload, key):
+    headers = {**gw.auth(), "Idempotency-Key": key}
+    async with session.post(gw.api + "/chat/completions", json=payload, headers=headers) as r:
+        return r.status, await r.read(), dict(r.headers)
+
+
+async def used(gw) -> dict:
+    await gw.app[ACCOUNTANT].flush()
+    return await gw.app[ACCOUNTS].usage(gw.account_id)
+
+
+async def test_a_retry_returns_the_stored_answer_and_is_charged_once(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str
+):
+    gw = await gateway({"openai": openai_provider(fake_openai.url)}, MODELS, redis_url=redis_url)
+    async with aiohttp.ClientSession() as session:
+        first = await post(session, gw, body(), "retry-1")
+        second = await post(session, gw, body(), "retry-1")
+    assert first[0] == second[0] == 200
+    assert first[1] == second[1]  # the same answer, id included
+    assert second[2]["Idempotent-Replayed"] == "true"
+    assert len(fake_openai.record.requests) == 1
+    usage = await used(gw)
+    assert usage["used"] == PROMPT_TOKENS + COMPLETION_TOKENS
+    assert usage["requests"] == 1
+
+
+async def test_another_body_with_the_same_key_is_refused(
+    gateway: GatewayFactory, fake_openai: FakeUpstream
+):
+    gw = await gateway({"openai": openai_provider(fake_openai.url)}, MODELS)
+    async with aiohttp.ClientSession() as session:
+        assert (await post(session, gw, body(text="a"), "k"))[0] == 200
+        status, data, _ = await post(session, gw, body(text="b"), "k")
+    assert status == 422
+    assert b"different request body" in data
+
+
+async def test_a_retry_while_the_first_runs_is_a_conflict(
+    gateway: GatewayFactory, fake_openai: FakeUpstream
+):
+    gw = await gateway({"openai": openai_provider(fake_openai.url)}, MODELS)
+    async with aiohttp.ClientSession() as session:
+        first = asyncio.create_task(post(session, gw, body("woozlit/gated"), "slow"))
+        await eventually(lambda: bool(fake_openai.record.requests))
+        status, data, _ = await post(session, gw, body("woozlit/gated"), "slow")
+        assert status == 409
+        assert b"still in progress" in data
+        fake_openai.record.gate.set()
+        assert (await first)[0] == 200
+
+
+async def test_a_failed_request_gives_the_key_back(
+    gateway: GatewayFactory, fake_openai: FakeUpstream
+):
+    gw = await gateway({"openai": openai_provider(fake_openai.url)}, MODELS)
+    async with aiohttp.ClientSession() as session:
+        assert (await post(session, gw, body("woozlit/broken"), "k"))[0] == 502
+        assert (await post(session, gw, body("woozlit/broken"), "k"))[0] == 502
+    assert len(fake_openai.record.requests) == 2  # the retry ran for real
+
+
+async def test_keys_are_per_account_and_streams_are_not_stored(
+    gateway: GatewayFactory, fake_openai: FakeUpstream
+):
+    providers = {"openai": openai_provider(fake_openai.url)}
+    a = await gateway(providers, MODELS)
+    async with aiohttp.ClientSession() as session:
+        assert (await post(session, a, body(), "shared"))[0] == 200
+        b_key = await a.app[ACCOUNTS].create_key(
+            (await a.app[ACCOUNTS].create_account({"tier": "free", "developer": True}))["id"], "b"
+        )
+        headers = {"Authorization": f"Bearer {b_key['key']}", "Idempotency-Key": "shared"}
+        async with session.post(a.api + "/chat/completions", json=body(), headers=headers) as r:
+            assert r.status == 200 and "Idempotent-Replayed" not in r.headers
+        for _ in range(2):
+            status, data, headers = await post(session, a, body(stream=True), "streamed")
+            assert status == 200 and data.endswith(b"data: [DONE]\n\n")
+    assert len(fake_openai.record.requests) == 4
