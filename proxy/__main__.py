@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from proxy.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from proxy.workers import WORKER_ENV, supervise
 
 log = logging.getLogger("proxy")
 
@@ -57,7 +58,14 @@ async def _serve(config: Config, host: str, port: int) -> None:
         shutdown_timeout=config.server.drain_seconds,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
+    # Before listening: a process that takes requests always drains on SIGTERM (and one that
+    # was stopped before it listened had none: the supervisor counts on that).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker = os.environ.get(WORKER_ENV)
+    site = web.TCPSite(runner, host, port, backlog=2048, reuse_port=worker is not None)
     await site.start()
     sockets = getattr(site._server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
@@ -65,12 +73,9 @@ async def _serve(config: Config, host: str, port: int) -> None:
         # The embedded store lives and dies with this process: print its one key so that a
         # newcomer can call the gateway at once. Only here, never in logs.
         print(f"woozlit-proxy: bootstrap developer key: {app[BOOTSTRAP_KEY]}", flush=True)
-    print(f"woozlit-proxy: listening on http://{host}:{bound}", flush=True)
+    if worker is None:  # the supervisor announces a pool of workers itself
+        print(f"woozlit-proxy: listening on http://{host}:{bound}", flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     # Graceful drain: readiness fails at once; new connections are still served for a short
     # grace, while the load balancer notices; then we stop listening and in-flight requests
@@ -93,11 +98,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=os.environ.get("WOOZLIT_LOG_LEVEL", config.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.workers not in (None, 1):
-        print("woozlit-proxy: --workers above 1 is not supported yet", file=sys.stderr)
-        return 2
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
+    shared_store = bool(os.environ.get("WOOZLIT_REDIS_URL"))
+    # One worker per core by default; the embedded store lives in one process, so one there.
+    workers = args.workers or ((os.cpu_count() or 1) if shared_store else 1)
+    if workers > 1 and WORKER_ENV not in os.environ:
+        if not shared_store:
+            print("woozlit-proxy: --workers above 1 needs WOOZLIT_REDIS_URL: the embedded "
+                  "store lives in one process", file=sys.stderr)  # fmt: skip
+            return 2
+        if port == 0:
+            print("woozlit-proxy: --workers above 1 needs a fixed --port", file=sys.stderr)
+            return 2
+        worker_args = ["--config", _config_path(args.config), "--host", host, "--port", str(port)]
+        return supervise(worker_args, workers, host, port)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional on other platforms
@@ -198,7 +213,11 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--host")
     s.add_argument("--port", type=int)
-    s.add_argument("--workers", type=int)
+    s.add_argument(
+        "--workers",
+        type=int,
+        help="processes on the port (default: one per core with WOOZLIT_REDIS_URL, else 1)",
+    )
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("check-config", help="validate a config file")

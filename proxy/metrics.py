@@ -7,7 +7,16 @@ statuses and reasons from small fixed sets; never a key, an account or a raw pat
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (
@@ -72,11 +81,13 @@ class Metrics:
             "woozlit_in_flight_requests",
             "Chat completion requests being served.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.open_streams = Gauge(
             "woozlit_open_streams",
             "Streams open to clients.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.admissions = Counter(
             "woozlit_admissions_total",
@@ -116,6 +127,7 @@ class Metrics:
             "1 while a deployment is cooled down after repeated failures, else 0.",
             ["provider", "model"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.retries = Counter(
             "woozlit_upstream_retries_total",
@@ -125,4 +137,10 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        """The exposition text; under `--workers`, the sum over every worker's files."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -4,10 +4,17 @@ Scripts are `.lua` files in `proxy/lua/`, each prefixed with `clock.lua`, regist
 called by SHA (redis-py reloads them on NOSCRIPT, after a Redis restart). Every failure of the
 store becomes a 503 here, fast: short socket timeouts, one retry of a broken connection.
 There is no fallback to per-process limits: without the store, nothing is admitted.
+
+On Redis Cluster (`redis+cluster://`) redis-py's RedisCluster routes each script by its keys,
+which share one account's hash tag (keys.py), so every script runs on one primary. A primary
+that lacks a script (a promoted replica, a SCRIPT FLUSH) answers NOSCRIPT, and the script is
+loaded on that node alone and run again. A failover is a few seconds of 503s: the client
+retries once after refreshing the slot map, then gives up rather than wait for the election.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -16,9 +23,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, NoScriptError, RedisClusterException, RedisError
 
 from proxy.errors import ServiceUnavailable
 from proxy.metrics import Metrics
@@ -28,6 +36,9 @@ log = logging.getLogger("proxy.store")
 
 SCRIPTS = ("admit", "settle", "charge")
 POOL_SIZE = 64
+# What a store failure can raise: RedisClusterException (slots not covered, no node for a
+# slot) is not a RedisError; OSError covers timeouts.
+STORE_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 def month_of(ts: float) -> str:
@@ -56,15 +67,42 @@ def connect(url: str | None, timeout: float) -> Any:
         health_check_interval=0,
     )
     if url.startswith("redis+cluster://"):
-        from redis.asyncio.cluster import RedisCluster
-
-        return RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"), **options)
+        return _BoundedCluster.from_url(
+            "redis://" + url.removeprefix("redis+cluster://"),
+            max_connections=POOL_SIZE,
+            **options,
+        )
     # A bounded pool that makes a burst wait briefly for a connection, instead of opening
     # one per concurrent request (and failing past the pool's size).
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=POOL_SIZE, timeout=timeout, **options
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
+class _BoundedCluster(RedisCluster):
+    """RedisCluster whose bursts wait briefly for a connection instead of failing.
+
+    redis-py opens one connection per concurrent command to a node, up to `max_connections`,
+    then raises MaxConnectionsError: 300 requests for one account would fail past the 64th.
+    A semaphore of that size in front makes them queue, as BlockingConnectionPool does.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._room = asyncio.Semaphore(kwargs.get("max_connections", POOL_SIZE))
+        self._wait = kwargs.get("socket_timeout") or 1.0
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._room.acquire()
+        except TimeoutError:
+            raise ConnectionError("No free connection to the Redis Cluster.") from None
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._room.release()
 
 
 def _source(name: str) -> str:
@@ -82,6 +120,7 @@ class Store:
         self.fast = fast
         self.metrics = metrics
         self.embedded = embedded
+        self.cluster = isinstance(client, RedisCluster)
         self.scripts = {name: client.register_script(_source(name)) for name in SCRIPTS}
         # The month to name in the scripts' keys, and until when it holds: recomputed once a
         # second, or the month Redis told us for a minute when our clock disagreed (`run`).
@@ -116,28 +155,44 @@ class Store:
         try:
             if self.fast is not None:
                 reply = await self.fast.evalsha(name, keys, args)
+            elif self.cluster:
+                reply = await self._cluster_script(name, keys, args)
             else:
                 reply = await self.scripts[name](keys=keys, args=args)
-        except (RedisError, RedisReplyError, OSError) as exc:  # OSError: timeouts too
+        except (*STORE_ERRORS, RedisReplyError) as exc:
             self._errors[name].inc()
             log.warning("redis script %s failed: %s", name, exc)
             raise ServiceUnavailable("The accounting store is unavailable; retry shortly.") from exc
         self._latency[name].observe(time.perf_counter() - start)
         return reply
 
+    async def _cluster_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA on the keys' primary; on NOSCRIPT, load it there (not on every primary:
+        another shard being down must not stop this one) and run it again."""
+        script = self.scripts[name]
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            node = self.client.get_node_from_key(keys[0])
+            await self.client.execute_command("SCRIPT LOAD", script.script, target_nodes=node)
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+
     async def command(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One plain Redis command, with the same error translation as the scripts."""
         try:
             return await getattr(self.client, method)(*args, **kwargs)
-        except (RedisError, OSError) as exc:
+        except STORE_ERRORS as exc:
             self._errors["command"].inc()
             log.warning("redis %s failed: %s", method, exc)
             raise ServiceUnavailable("The accounting store is unavailable; retry shortly.") from exc
 
     async def ping(self) -> bool:
+        """Whether the store answers; on a cluster, every primary (each holds accounts)."""
         try:
+            if self.cluster:
+                return bool(await self.client.ping(target_nodes=RedisCluster.PRIMARIES))
             return bool(await self.client.ping())
-        except (RedisError, OSError):
+        except STORE_ERRORS:
             return False
 
     async def close(self) -> None:
