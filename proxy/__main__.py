@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from proxy.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from proxy.logs import setup_logging
 from proxy.workers import WORKER_ENV, supervise
 
 log = logging.getLogger("proxy")
@@ -94,10 +95,7 @@ async def _serve(config: Config, host: str, port: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(_config_path(args.config))
-    logging.basicConfig(
-        level=os.environ.get("WOOZLIT_LOG_LEVEL", config.log_level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(os.environ.get("WOOZLIT_LOG_LEVEL", config.log_level).upper())
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     shared_store = bool(os.environ.get("WOOZLIT_REDIS_URL"))

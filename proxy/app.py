@@ -8,8 +8,10 @@ does, and passes what it found.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +23,8 @@ from proxy import admin
 from proxy.accounting import Accountant
 from proxy.accounts import Accounts, next_month_start
 from proxy.appkeys import (
+    ACCESS,
+    ACCESS_LOG,
     ACCOUNTANT,
     ACCOUNTS,
     BOOTSTRAP_KEY,
@@ -36,6 +40,7 @@ from proxy.appkeys import (
 from proxy.chat import chat_completions
 from proxy.config import Config
 from proxy.errors import GatewayError
+from proxy.logs import AccessLog
 from proxy.metrics import CONTENT_TYPE, Metrics
 from proxy.routing import Router
 from proxy.store import open_store
@@ -65,35 +70,53 @@ def error_response(
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every failure becomes `{"error": "..."}` with its status; never a traceback."""
-    try:
-        return await handler(request)
-    except GatewayError as exc:
-        return error_response(exc.status, exc.message, exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        message = HTTP_MESSAGES.get(exc.status) or exc.reason + "."
-        return error_response(exc.status, message, headers)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "Internal server error.")
+async def edge_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """What every request goes through: its ids, the error format, the access log line.
 
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Our id for the request (the response `id`, the accounting id), and `x-request-id`."""
+    Our id for the request is the response `id` and the accounting id; `x-request-id` echoes
+    the client's when it sent a sane one. Every failure becomes `{"error": "..."}` with its
+    status, never a traceback. One middleware rather than three: each layer costs a frame.
+    """
+    started = time.perf_counter()
     request_id = "woozlit-" + secrets.token_hex(12)
     request[REQUEST_ID] = request_id
     given = request.headers.get("x-request-id", "")
     ok = given and len(given) <= 128 and all(c in _REQUEST_ID_OK for c in given)
     request[X_REQUEST_ID] = given if ok else request_id
-    response: web.StreamResponse = await handler(request)
+    fields: dict[str, Any] = {"request_id": request_id}
+    if ok:
+        fields["x_request_id"] = given
+    request[ACCESS] = fields
+    try:
+        response: web.StreamResponse = await handler(request)
+    except GatewayError as exc:
+        response = error_response(exc.status, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        message = HTTP_MESSAGES.get(exc.status) or exc.reason + "."
+        response = error_response(exc.status, message, headers)
+    except asyncio.CancelledError:
+        fields["status"] = 499  # the client went away
+        _log_access(request, fields, started)
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = error_response(500, "Internal server error.")
     if request.app[STATE]["draining"]:
         response.force_close()  # no keep-alive while draining: the client reconnects elsewhere
+    fields.setdefault("status", response.status)
+    _log_access(request, fields, started)
     return response
+
+
+def _log_access(request: web.Request, fields: dict[str, Any], started: float) -> None:
+    route = request.match_info.route.resource
+    fields["method"] = request.method
+    fields["path"] = route.canonical if route is not None else "-"  # never a raw path
+    fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    request.app[ACCESS_LOG].write(fields)
 
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -164,7 +187,7 @@ def create_app(
     a developer account and key at start, kept in `app[BOOTSTRAP_KEY]`.
     """
     app = web.Application(
-        middlewares=[request_id_middleware, errors_middleware],
+        middlewares=[edge_middleware],
         client_max_size=config.server.max_body_bytes,
     )
     metrics_ = Metrics()
@@ -172,6 +195,7 @@ def create_app(
     app[METRICS] = metrics_
     app[ROUTER] = Router(config, metrics_)
     app[STATE] = {"draining": False}
+    app[ACCESS_LOG] = AccessLog(enabled=config.access_log)
     app.on_response_prepare.append(_add_request_id)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -198,6 +222,7 @@ def create_app(
 
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(session_ctx)
+    app.on_cleanup.append(_flush_access_log)
 
     for prefix in API_PREFIXES:
         app.router.add_post(prefix + "/chat/completions", chat_completions)
@@ -209,6 +234,10 @@ def create_app(
     if admin_token:
         admin.add_routes(app, admin_token)
     return app
+
+
+async def _flush_access_log(app: web.Application) -> None:
+    app[ACCESS_LOG].flush()
 
 
 async def _bootstrap(accounts: Accounts) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.appkeys import ACCOUNTANT, CONFIG, METRICS, REQUEST_ID, ROUTER, STORE, UPSTREAM
+from proxy.appkeys import ACCESS, ACCOUNTANT, CONFIG, METRICS, REQUEST_ID, ROUTER, STORE, UPSTREAM
 from proxy.config import Deployment
 from proxy.errors import BadRequest, GatewayError
 from proxy.idempotency import MAX_KEY_LENGTH, Claim
@@ -180,6 +180,20 @@ async def serve(
         served = exchange.status == "200" or usage.total_tokens > 0  # a request of the month
         accountant.settle_soon(admission, usage, model, served=served)
         record(metrics, model, provider_name, exchange.status, chat.stream, usage, timing)
+        request[ACCESS].update(
+            account=owner[0],
+            model=model,
+            deployment=headers.get("x-woozlit-deployment"),
+            stream=chat.stream,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            estimated=usage.estimated,
+            ttft_ms=round((timing.first_chunk - timing.started) * 1000, 3)
+            if timing.first_chunk
+            else None,
+            upstream_ms=round(timing.upstream * 1000, 3),
+            store_ms=round(timing.store * 1000, 3),
+        )
 
 
 async def forward(

@@ -135,6 +135,7 @@ class Config:
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     log_level: str = "INFO"
+    access_log: bool = True  # one JSON line per request on stdout
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -241,7 +242,16 @@ class _Parser:
         top = self.mapping(
             raw,
             "",
-            {"providers", "models", "tiers", "server", "accounting", "routing", "log_level"},
+            {
+                "providers",
+                "models",
+                "tiers",
+                "server",
+                "accounting",
+                "routing",
+                "log_level",
+                "access_log",
+            },
             {"providers", "models", "tiers"},
         )
         providers = self.providers(top.get("providers", {}))
@@ -267,9 +277,18 @@ class _Parser:
         log_level = self.string(top.get("log_level", "INFO"), "log_level").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             self.error("log_level", "must be one of DEBUG, INFO, WARNING, ERROR")
+        access_log = top.get("access_log", True)
+        if isinstance(access_log, str):
+            access_log = self.substitute(access_log, "access_log").lower()
+            access_log = {"true": True, "1": True, "false": False, "0": False}.get(access_log)
+        if not isinstance(access_log, bool):
+            self.error("access_log", "must be true or false")
+            access_log = True
         if self.errors:
             raise ConfigError(self.errors)
-        return Config(self.path, providers, models, tiers, server, accounting, routing, log_level)
+        return Config(
+            self.path, providers, models, tiers, server, accounting, routing, log_level, access_log
+        )
 
     def providers(self, node: Any) -> dict[str, ProviderConfig]:
         out: dict[str, ProviderConfig] = {}

@@ -28,6 +28,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "presence_penalty": (-2.0, 2.0),
 }
 POSITIVE_INTS = ("max_tokens", "max_completion_tokens", "n")
+MAX_CHOICES = 128  # OpenAI's own limit on `n`; translators build `n` of everything
 
 
 async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
@@ -38,10 +39,14 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
     raw = bytearray()
-    async for piece in request.content.iter_any():
-        raw += piece
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
+    try:
+        async for piece in request.content.iter_any():
+            raw += piece
+            if len(raw) > limit:
+                raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
+    except web.RequestPayloadError as exc:
+        # aiohttp decodes Content-Encoding and chunked framing as the body comes in.
+        raise BadRequest("Request body could not be read: bad encoding or framing.") from exc
     if not raw:
         raise BadRequest("Request body is empty; send a JSON object.")
     try:
@@ -54,6 +59,12 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
         raise BadRequest(f"Request body is not valid JSON: {exc.msg}.") from exc
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object.")
+    # orjson reads 1024 levels of nesting but writes only 254, and repr() of a value nested
+    # ~1000 deep overflows the stack: a body that cannot be written back cannot be forwarded.
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        raise BadRequest("Request body is nested too deeply.") from exc
     return body
 
 
@@ -125,6 +136,8 @@ def validate_chat(
             not isinstance(value, int) or isinstance(value, bool) or value < 1
         ):
             raise BadRequest(f"'{name}' must be a positive integer.")
+    if body.get("n") is not None and body["n"] > MAX_CHOICES:
+        raise BadRequest(f"'n' must be at most {MAX_CHOICES}.")
 
     stream = body.get("stream")
     if stream is None:

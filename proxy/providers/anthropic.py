@@ -217,6 +217,8 @@ def translate_messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[s
 
 
 def translate_tools(tools: Any) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise BadRequest("tools must be an array of function tools.")
     out = []
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
@@ -427,7 +429,12 @@ class AnthropicProvider(Provider):
                 body["tool_choice"] = choice
         if chat.stream:
             body["stream"] = True
-        return UpstreamRequest(self.url, self.headers, orjson.dumps(body))
+        try:
+            data = orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:
+            # Tool call arguments arrive as JSON text, parsed here, and may nest past orjson's 254.
+            raise BadRequest("The request is nested too deeply for this model.") from exc
+        return UpstreamRequest(self.url, self.headers, data)
 
     def parse_response(self, body: bytes, chat: ChatRequest) -> tuple[dict[str, Any], Usage | None]:
         try:

@@ -89,6 +89,8 @@ def build_body(chat: ChatRequest) -> dict[str, Any]:
         request["generationConfig"] = generation
     tools = body.get("tools")
     if tools:
+        if not isinstance(tools, list):
+            raise BadRequest("tools must be an array of function tools.")
         declarations = [_declaration(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
         request["tools"] = [{"functionDeclarations": declarations}]
         choice = body.get("tool_choice")
@@ -249,6 +251,8 @@ def _generation_config(chat: ChatRequest) -> dict[str, Any]:
     if chat.max_tokens is not None:
         config["maxOutputTokens"] = chat.max_tokens
     stop = body.get("stop")
+    if stop is not None and not isinstance(stop, (str, list)):
+        raise BadRequest("stop must be a string or an array of strings.")
     stops = [stop] if isinstance(stop, str) else [s for s in stop or () if s]
     if len(stops) > MAX_STOP_SEQUENCES:
         raise BadRequest(f"stop: this model takes at most {MAX_STOP_SEQUENCES} sequences.")
@@ -273,7 +277,10 @@ def _response_format(spec: Any) -> dict[str, Any]:
     if kind == "json_object":
         return {"responseMimeType": "application/json"}
     if kind == "json_schema":
-        schema = (spec.get("json_schema") or {}).get("schema")
+        json_schema = spec.get("json_schema")
+        if not isinstance(json_schema, dict):
+            raise BadRequest("response_format.json_schema must be an object.")
+        schema = json_schema.get("schema")
         out: dict[str, Any] = {"responseMimeType": "application/json"}
         if isinstance(schema, dict):
             out["responseSchema"] = gemini_schema(schema, "response_format.json_schema.schema")
@@ -500,7 +507,13 @@ class GeminiProvider(Provider):
         model = deployment.model if "/" in deployment.model else f"models/{deployment.model}"
         method = "streamGenerateContent?alt=sse" if chat.stream else "generateContent"
         url = f"{self.base}/{quote(model, safe='/')}:{method}"
-        return UpstreamRequest(url, self.headers, orjson.dumps(build_body(chat)))
+        try:
+            data = orjson.dumps(build_body(chat))
+        except orjson.JSONEncodeError as exc:
+            # Tool arguments and results arrive as JSON text, parsed here, and may nest past
+            # the 254 levels orjson writes.
+            raise BadRequest("The request is nested too deeply for this model.") from exc
+        return UpstreamRequest(url, self.headers, data)
 
     def parse_response(self, body: bytes, chat: ChatRequest) -> tuple[dict[str, Any], Usage | None]:
         payload = _load(body, "answer")

@@ -23,6 +23,9 @@ _NUMBERS = (
     "maxProperties",
 )
 _MAX_SCHEMA_DEPTH = 32
+# Inlining $refs can multiply a small schema: ten properties per level, each a $ref to the
+# next level, make 10**n nodes from n small definitions. Past this many, refuse.
+_MAX_SCHEMA_NODES = 5000
 
 
 def gemini_schema(schema: dict[str, Any], where: str) -> dict[str, Any]:
@@ -31,12 +34,17 @@ def gemini_schema(schema: dict[str, Any], where: str) -> dict[str, Any]:
     for key in ("definitions", "$defs"):
         if isinstance(schema.get(key), dict):
             defs.update(schema[key])
-    return _convert(schema, defs, where, 0)
+    return _convert(schema, defs, where, 0, [_MAX_SCHEMA_NODES])
 
 
-def _convert(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[str, Any]:
+def _convert(
+    node: Any, defs: dict[str, Any], where: str, depth: int, budget: list[int]
+) -> dict[str, Any]:
     if depth > _MAX_SCHEMA_DEPTH:
         raise BadRequest(f"{where} is recursive or nested too deeply for this model.")
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise BadRequest(f"{where} is too large for this model once its $refs are inlined.")
     if not isinstance(node, dict):
         return {}
     ref = node.get("$ref")
@@ -44,12 +52,15 @@ def _convert(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[st
         name = ref.rsplit("/", 1)[-1]
         if not ref.startswith(("#/$defs/", "#/definitions/")) or name not in defs:
             raise BadRequest(f"{where}: cannot resolve $ref {ref!r}.")
+        if not isinstance(defs[name], dict):
+            raise BadRequest(f"{where}: $ref {ref!r} is not a schema object.")
         rest = {k: v for k, v in node.items() if k != "$ref"}
-        return _convert({**defs[name], **rest}, defs, where, depth + 1)
+        return _convert({**defs[name], **rest}, defs, where, depth + 1, budget)
 
     out: dict[str, Any] = {}
-    for sub in node.get("allOf") or ():
-        converted = _convert(sub, defs, where, depth + 1)
+    all_of = node.get("allOf")
+    for sub in all_of if isinstance(all_of, list) else ():
+        converted = _convert(sub, defs, where, depth + 1, budget)
         out.setdefault("properties", {}).update(converted.pop("properties", {}))
         out.setdefault("required", []).extend(converted.pop("required", []))
         for key, value in converted.items():
@@ -61,13 +72,15 @@ def _convert(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[st
         kinds = [k for k in kind if k != "null"]
         nullable = nullable or len(kinds) < len(kind)
         if len(kinds) > 1:
-            out["anyOf"] = [_convert({**node, "type": k}, defs, where, depth + 1) for k in kinds]
+            out["anyOf"] = [
+                _convert({**node, "type": k}, defs, where, depth + 1, budget) for k in kinds
+            ]
         kind = kinds[0] if len(kinds) == 1 else None
     variants = node.get("anyOf") or node.get("oneOf")
     if isinstance(variants, list):
         real = [v for v in variants if not (isinstance(v, dict) and v.get("type") == "null")]
         nullable = nullable or len(real) < len(variants)
-        converted_variants = [_convert(v, defs, where, depth + 1) for v in real]
+        converted_variants = [_convert(v, defs, where, depth + 1, budget) for v in real]
         if len(converted_variants) == 1:
             out.update(converted_variants[0])
         elif converted_variants:
@@ -79,8 +92,9 @@ def _convert(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[st
     if isinstance(enum, list) and enum and all(isinstance(v, str) for v in enum):
         out["enum"] = enum  # Gemini enums are strings only; others keep just their type
         out.setdefault("type", "string")
-    if node.get("format") in _FORMATS.get(out.get("type", ""), ()):
-        out["format"] = node["format"]
+    fmt = node.get("format")
+    if isinstance(fmt, str) and fmt in _FORMATS.get(out.get("type", ""), ()):
+        out["format"] = fmt
     if isinstance(node.get("description"), str):
         out["description"] = node["description"]
     if isinstance(node.get("pattern"), str):
@@ -92,12 +106,13 @@ def _convert(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[st
     properties = node.get("properties")
     if isinstance(properties, dict):
         out["properties"] = {
-            str(name): _convert(sub, defs, f"{where}.properties.{name}", depth + 1)
+            str(name): _convert(sub, defs, f"{where}.properties.{name}", depth + 1, budget)
             for name, sub in properties.items()
         }
-    required = [*out.pop("required", []), *(node.get("required") or ())]
+    given = node.get("required")
+    required = [*out.pop("required", []), *(given if isinstance(given, list) else ())]
     known = out.get("properties", {})
-    required = [r for r in dict.fromkeys(required) if r in known]
+    required = [r for r in dict.fromkeys(r for r in required if isinstance(r, str)) if r in known]
     if required:
         out["required"] = required
     if not out.get("properties"):
@@ -106,7 +121,7 @@ def _convert(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[st
     if isinstance(items, list):
         items = items[0] if items else None
     if isinstance(items, dict):
-        out["items"] = _convert(items, defs, f"{where}.items", depth + 1)
+        out["items"] = _convert(items, defs, f"{where}.items", depth + 1, budget)
     if nullable:
         out["nullable"] = True
     return out
