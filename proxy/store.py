@@ -10,6 +10,8 @@ which share one account's hash tag (keys.py), so every script runs on one primar
 that lacks a script (a promoted replica, a SCRIPT FLUSH) answers NOSCRIPT, and the script is
 loaded on that node alone and run again. A failover is a few seconds of 503s: the client
 retries once after refreshing the slot map, then gives up rather than wait for the election.
+Readiness (`ping`) asks one node, not every primary: a shard that is down costs its own
+accounts 503s, and should not take every gateway out of its load balancer at once.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def connect(url: str | None, timeout: float) -> Any:
         health_check_interval=0,
     )
     if url.startswith("redis+cluster://"):
-        return _BoundedCluster.from_url(
+        return _Cluster.from_url(
             "redis://" + url.removeprefix("redis+cluster://"),
             max_connections=POOL_SIZE,
             **options,
@@ -80,15 +82,25 @@ def connect(url: str | None, timeout: float) -> Any:
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 
 
-class _BoundedCluster(RedisCluster):
-    """RedisCluster whose bursts wait briefly for a connection instead of failing.
+class _Cluster(RedisCluster):
+    """redis-py's RedisCluster, with three of its behaviours under load changed.
 
-    redis-py opens one connection per concurrent command to a node, up to `max_connections`,
-    then raises MaxConnectionsError: 300 requests for one account would fail past the 64th.
-    A semaphore of that size in front makes them queue, as BlockingConnectionPool does.
+    - It opens one connection per concurrent command to a node, up to `max_connections`,
+      then raises MaxConnectionsError: 300 requests for one account would fail past the
+      64th. A semaphore of that size in front makes a burst queue (briefly), as
+      BlockingConnectionPool does for one Redis.
+    - Every 5th MOVED it resets itself, cutting every connection in flight. Before its slot
+      map is loaded (at first, and after a reset) it sends commands to one node, which
+      answers MOVED, so a burst on a fresh client fails in a storm of resets. Here a MOVED
+      only moves its slot (`reinitialize_steps=0`), which is all that a failover or a
+      resharding changes for commands on one slot; a connection error still reloads the map.
+    - A command whose connection is cut under it by a reset (redis-py still resets on
+      CLUSTERDOWN) can fail with AttributeError, a socket writer gone: that is a connection
+      error, not a bug of ours.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["reinitialize_steps"] = 0
         super().__init__(*args, **kwargs)
         self._room = asyncio.Semaphore(kwargs.get("max_connections", POOL_SIZE))
         self._wait = kwargs.get("socket_timeout") or 1.0
@@ -101,6 +113,8 @@ class _BoundedCluster(RedisCluster):
             raise ConnectionError("No free connection to the Redis Cluster.") from None
         try:
             return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            raise ConnectionError(f"Redis Cluster connection lost: {exc}") from exc
         finally:
             self._room.release()
 
@@ -187,10 +201,8 @@ class Store:
             raise ServiceUnavailable("The accounting store is unavailable; retry shortly.") from exc
 
     async def ping(self) -> bool:
-        """Whether the store answers; on a cluster, every primary (each holds accounts)."""
+        """Whether the store answers: on a cluster, one node (see the module's docstring)."""
         try:
-            if self.cluster:
-                return bool(await self.client.ping(target_nodes=RedisCluster.PRIMARIES))
             return bool(await self.client.ping())
         except STORE_ERRORS:
             return False
