@@ -27,8 +27,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "frequency_penalty": (-2.0, 2.0),
     "presence_penalty": (-2.0, 2.0),
 }
-POSITIVE_INTS = ("max_tokens", "max_completion_tokens", "n")
-MAX_CHOICES = 128  # OpenAI's own limit on `n`; translators build `n` of everything
+# name -> largest value. `n` as OpenAI limits it (translators build `n` of everything); no
+# model has 2**31 tokens, and a larger count would overflow the quota holds (64-bit in Redis).
+POSITIVE_INTS = {"max_tokens": 2**31 - 1, "max_completion_tokens": 2**31 - 1, "n": 128}
 
 
 async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
@@ -130,14 +131,12 @@ def validate_chat(
         value = body.get(name)
         if value is not None and (not _is_number(value) or not low <= value <= high):
             raise BadRequest(f"'{name}' must be a number from {low:g} to {high:g}.")
-    for name in POSITIVE_INTS:
+    for name, high in POSITIVE_INTS.items():
         value = body.get(name)
         if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high
         ):
-            raise BadRequest(f"'{name}' must be a positive integer.")
-    if body.get("n") is not None and body["n"] > MAX_CHOICES:
-        raise BadRequest(f"'n' must be at most {MAX_CHOICES}.")
+            raise BadRequest(f"'{name}' must be an integer from 1 to {high}.")
 
     stream = body.get("stream")
     if stream is None:

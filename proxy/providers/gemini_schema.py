@@ -37,6 +37,13 @@ def gemini_schema(schema: dict[str, Any], where: str) -> dict[str, Any]:
     return _convert(schema, defs, where, 0, [_MAX_SCHEMA_NODES])
 
 
+def _short(name: Any) -> str:
+    """A property name as shown in an error's path: a hostile schema's can be megabytes long,
+    and its path repeats it once per level."""
+    text = str(name)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
 def _convert(
     node: Any, defs: dict[str, Any], where: str, depth: int, budget: list[int]
 ) -> dict[str, Any]:
@@ -106,7 +113,7 @@ def _convert(
     properties = node.get("properties")
     if isinstance(properties, dict):
         out["properties"] = {
-            str(name): _convert(sub, defs, f"{where}.properties.{name}", depth + 1, budget)
+            str(name): _convert(sub, defs, f"{where}.properties.{_short(name)}", depth + 1, budget)
             for name, sub in properties.items()
         }
     given = node.get("required")
