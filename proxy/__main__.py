@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
@@ -38,61 +37,6 @@ def _load(path: str) -> Config:
 # -- serve -------------------------------------------------------------------------------
 
 
-async def _serve(config: Config, host: str, port: int) -> None:
-    from aiohttp import web
-
-    from proxy.app import create_app
-    from proxy.appkeys import BOOTSTRAP_KEY, STATE
-
-    redis_url = os.environ.get("WOOZLIT_REDIS_URL") or None
-    app = create_app(config, redis_url=redis_url, admin_token=os.environ.get("WOOZLIT_ADMIN_TOKEN"))
-    if redis_url is None:
-        log.warning(
-            "no WOOZLIT_REDIS_URL: using the embedded in-process store "
-            "(single process only, nothing persisted)"
-        )
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log=None,
-        # How long in-flight requests and streams may take to finish once we stop listening.
-        shutdown_timeout=config.server.drain_seconds,
-    )
-    await runner.setup()
-    # Before listening: a process that takes requests always drains on SIGTERM (and one that
-    # was stopped before it listened had none: the supervisor counts on that).
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    worker = os.environ.get(WORKER_ENV)
-    site = web.TCPSite(runner, host, port, backlog=2048, reuse_port=worker is not None)
-    await site.start()
-    sockets = getattr(site._server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    if BOOTSTRAP_KEY in app:
-        # The embedded store lives and dies with this process: print its one key so that a
-        # newcomer can call the gateway at once. Only here, never in logs.
-        print(f"woozlit-proxy: bootstrap developer key: {app[BOOTSTRAP_KEY]}", flush=True)
-    if worker is None:  # the supervisor announces a pool of workers itself
-        print(f"woozlit-proxy: listening on http://{host}:{bound}", flush=True)
-
-    await stop.wait()
-    # Graceful drain: readiness fails at once; new connections are still served for a short
-    # grace, while the load balancer notices; then we stop listening and in-flight requests
-    # and streams get up to drain_seconds; last, the settles of every request are flushed.
-    app[STATE]["draining"] = True
-    log.info(
-        "draining: readiness is 503; serving for %ss more", config.server.shutdown_grace_seconds
-    )
-    await asyncio.sleep(config.server.shutdown_grace_seconds)
-    log.info(
-        "no longer listening; finishing in-flight requests (up to %ss)", config.server.drain_seconds
-    )
-    await runner.cleanup()
-    log.info("stopped")
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(_config_path(args.config))
     setup_logging(os.environ.get("WOOZLIT_LOG_LEVEL", config.log_level).upper())
@@ -111,12 +55,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
         worker_args = ["--config", _config_path(args.config), "--host", host, "--port", str(port)]
         return supervise(worker_args, workers, host, port)
+    from proxy.server import serve
+
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional on other platforms
-        asyncio.run(_serve(config, host, port))
+        asyncio.run(serve(config, host, port))
     else:
-        uvloop.run(_serve(config, host, port))
+        uvloop.run(serve(config, host, port))
     return 0
 
 

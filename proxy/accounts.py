@@ -17,6 +17,7 @@ from proxy.config import Config
 from proxy.errors import BadRequest, NotFound
 from proxy.store import Store
 
+MAX_TOKENS = 10**12  # per charge; far below Redis's 2**63 counters
 ACCOUNT_FIELDS = ("tier", "developer", "disabled", "monthly_token_limit", "requests_per_minute")
 
 
@@ -229,8 +230,8 @@ class Accounts:
         """Charge usage from elsewhere (the Woozlit web app) to the month's quota."""
         await self._raw_account(account_id)
         tokens = body.get("tokens")
-        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-            raise BadRequest("'tokens' must be a non-negative integer.")
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 <= tokens <= MAX_TOKENS:
+            raise BadRequest(f"'tokens' must be an integer from 0 to {MAX_TOKENS}.")
         source = body.get("source", "web")
         if not isinstance(source, str) or not source or len(source) > 64 or ":" in source:
             raise BadRequest("'source' must be a short name such as 'web'.")

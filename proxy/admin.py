@@ -24,7 +24,10 @@ def json(data: Any, status: int = 200) -> web.Response:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError as exc:
+        raise BadRequest("Request body could not be read: bad encoding or framing.") from exc
     if not raw:
         return {}
     try:
@@ -85,8 +88,9 @@ def _guarded(handler: Handler, token: str) -> Handler:
     return guarded
 
 
-def add_routes(app: web.Application, token: str) -> None:
-    routes = [
+def routes(token: str) -> list[tuple[str, str, Handler]]:
+    """The admin routes, each guarded by the admin token."""
+    table = [
         ("POST", "/accounts", create_account),
         ("GET", "/accounts/{id}", get_account),
         ("PATCH", "/accounts/{id}", update_account),
@@ -96,5 +100,6 @@ def add_routes(app: web.Application, token: str) -> None:
         ("GET", "/accounts/{id}/usage", get_usage),
         ("POST", "/accounts/{id}/usage", charge_usage),
     ]
-    for method, path, handler in routes:
-        app.router.add_route(method, "/admin/v1" + path, _guarded(handler, token))
+    return [
+        (method, "/admin/v1" + path, _guarded(handler, token)) for method, path, handler in table
+    ]

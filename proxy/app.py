@@ -22,6 +22,7 @@ from aiohttp import web
 from proxy import admin
 from proxy.accounting import Accountant
 from proxy.accounts import Accounts, next_month_start
+from proxy.admin import Handler
 from proxy.appkeys import (
     ACCESS,
     ACCESS_LOG,
@@ -125,6 +126,14 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers["x-request-id"] = rid
 
 
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` as usual; any other expectation is a JSON 417, not aiohttp's."""
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+    return error_response(417, "Unsupported Expect header.")
+
+
 async def list_models(request: web.Request) -> web.Response:
     app = request.app
     accountant = app[ACCOUNTANT]
@@ -224,15 +233,21 @@ def create_app(
     app.cleanup_ctx.append(session_ctx)
     app.on_cleanup.append(_flush_access_log)
 
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/healthz", healthz),
+        ("GET", "/readyz", readyz),
+        ("GET", "/metrics", metrics),
+    ]
     for prefix in API_PREFIXES:
-        app.router.add_post(prefix + "/chat/completions", chat_completions)
-        app.router.add_get(prefix + "/models", list_models)
-        app.router.add_get(prefix + "/usage", key_usage)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+        routes += [
+            ("POST", prefix + "/chat/completions", chat_completions),
+            ("GET", prefix + "/models", list_models),
+            ("GET", prefix + "/usage", key_usage),
+        ]
     if admin_token:
-        admin.add_routes(app, admin_token)
+        routes += admin.routes(admin_token)
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler, expect_handler=expect_handler)
     return app
 
 

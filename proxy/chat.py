@@ -83,7 +83,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     # The key first, as OpenAI does: a caller without a valid key learns nothing more. Known
     # keys are cached, so this costs a Redis call only on a key's first use in this process.
     owner = await accountant.identify(request.headers.get("Authorization"))
-    body = await read_json_object(request, config.server.max_body_bytes)
+    body = await read_json_object(
+        request, config.server.max_body_bytes, config.server.body_timeout_seconds
+    )
     chat = validate_chat(
         body,
         models=app[ROUTER].routes,
@@ -173,6 +175,9 @@ async def serve(
         exchange.status = str(exc.status)
         exchange.sent = exchange.opened = False  # failed before any byte: nothing delivered
         exc.headers = {**headers, **exc.headers}
+        raise
+    except Exception:
+        exchange.status = "500"  # a bug of ours: the client is not charged for it
         raise
     finally:
         metrics.in_flight.dec()

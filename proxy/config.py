@@ -96,6 +96,8 @@ class ServerConfig:
     # (so the load balancer can notice), then in-flight requests get up to drain_seconds.
     shutdown_grace_seconds: float = 3.0
     drain_seconds: float = 60.0
+    # A request body must arrive within this time (slow senders hold a connection each).
+    body_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,11 @@ class MethodNotAllowed(GatewayError):
     default_message = "Method not allowed."
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    default_message = "The request body did not arrive in time."
+
+
 class Conflict(GatewayError):
     status = 409
     default_message = "A request with this Idempotency-Key is still in progress."

@@ -14,6 +14,7 @@ Once headers are out, a failure is one `data: {"error": ...}` event and the end.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from proxy.metrics import Metrics
 from proxy.providers.base import ChatRequest, Provider, StreamTranslator, UpstreamRequest, Usage
 from proxy.sse import DONE, SSEParser, frame
 
+BIG_BODY = 1 << 20
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -61,7 +63,8 @@ class Upstream:
             async with asyncio.timeout(timeouts.first_byte):
                 resp = await self.session.post(
                     req.url,
-                    data=req.body,
+                    # aiohttp warns about bytes bodies over 1 MiB; a file-like one it streams.
+                    data=req.body if len(req.body) < BIG_BODY else io.BytesIO(req.body),
                     headers=req.headers,
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
                 )

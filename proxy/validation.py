@@ -7,6 +7,7 @@ understand them; providers that translate check what they translate.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from proxy.config import PUBLIC_PREFIX
-from proxy.errors import BadRequest, PayloadTooLarge
+from proxy.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from proxy.providers.base import ChatRequest
 from proxy.tokens import estimate_prompt_tokens
 
@@ -32,8 +33,9 @@ RANGES: dict[str, tuple[float, float]] = {
 POSITIVE_INTS = {"max_tokens": 2**31 - 1, "max_completion_tokens": 2**31 - 1, "n": 128}
 
 
-async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object; 413 past `limit` bytes, 400 for anything else."""
+async def read_json_object(request: web.Request, limit: int, seconds: float) -> dict[str, Any]:
+    """The request body as a JSON object; 413 past `limit` bytes, 408 when it takes longer
+    than `seconds` to arrive, 400 for anything else."""
     content_type = request.headers.get("Content-Type", "")
     if content_type.split(";", 1)[0].strip().lower() != "application/json":
         raise BadRequest("Content-Type must be application/json.")
@@ -41,10 +43,13 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
         raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
     raw = bytearray()
     try:
-        async for piece in request.content.iter_any():
-            raw += piece
-            if len(raw) > limit:
-                raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
+        async with asyncio.timeout(seconds):
+            async for piece in request.content.iter_any():
+                raw += piece
+                if len(raw) > limit:
+                    raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
+    except TimeoutError as exc:
+        raise RequestTimeout(f"The request body did not arrive within {seconds:g} s.") from exc
     except web.RequestPayloadError as exc:
         # aiohttp decodes Content-Encoding and chunked framing as the body comes in.
         raise BadRequest("Request body could not be read: bad encoding or framing.") from exc

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from proxy.app import create_app
 from proxy.appkeys import ACCOUNTS
 from proxy.config import parse_config
+from proxy.server import GatewayRunner
 from tests.fakes.openai_upstream import Record, create_fake_openai
 
 ADMIN_TOKEN = "test-admin-token"
@@ -139,6 +140,13 @@ def openai_provider(url: str, **extra: Any) -> dict[str, Any]:
     return {"kind": "openai", "base_url": url, "api_key": "sk-test-provider-key", **extra}
 
 
+class GatewayTestServer(TestServer):
+    """A TestServer with the gateway's own runner (JSON answers to malformed HTTP)."""
+
+    async def _make_runner(self, **kwargs: Any) -> GatewayRunner:
+        return GatewayRunner(self.app, **kwargs)
+
+
 @dataclass
 class Gateway:
     app: web.Application
@@ -194,7 +202,7 @@ async def gateway() -> AsyncIterator[GatewayFactory]:
             raw["server"] = server
         config = parse_config(raw, "test.yaml", os.environ)
         app = create_app(config, redis_url=redis_url, admin_token=admin_token, bootstrap=False)
-        test_server = TestServer(app)
+        test_server = GatewayTestServer(app)
         await test_server.start_server()
         servers.append(test_server)
         base_url = str(test_server.make_url("")).rstrip("/")

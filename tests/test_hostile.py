@@ -15,14 +15,14 @@ What aiohttp answers itself. Its HTTP parser refuses malformed requests (header 
 oversized header or request line, a bogus Content-Length, chunked framing garbage, a
 Content-Encoding it cannot decode) with its own `text/plain` 400 and a close, and `Expect:` is
 answered (417) before any middleware; those cases pass the 4xx-or-close property here and are
-the strict xfail `test_protocol_errors_in_the_error_format`.
+checked by `test_protocol_errors_in_the_error_format` (proxy/server.py makes them JSON).
 
 Slow clients. aiohttp bounds a client that is slow to *send its headers* only by
 `keepalive_timeout`, counted from the connection's start (3630 s by default in aiohttp 3.14;
 `test_slow_headers_are_cut_off_by_keepalive_timeout` shows the mechanism with 0.5 s). Once the
 headers are in and our handler runs, nothing bounds a slow *body*: `keepalive_timeout` only runs
-between requests and `lingering_time` only after the answer. `test_slow_body_is_cut_off` is the
-strict xfail for that.
+between requests and `lingering_time` only after the answer, so the gateway bounds the body's
+read itself (`server.body_timeout_seconds`, 408): `test_slow_body_is_cut_off`.
 
 The corpus (`tests/corpus/`) keeps one file per interesting case: `*.json` is a body POSTed to
 /v1/chat/completions with a valid key, `*.http` a raw request (`@KEY@` stands for the key) sent
@@ -52,7 +52,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.app import create_app
-from proxy.config import ConfigError, parse_config
+from proxy.config import parse_config
 from tests.conftest import DEFAULT_TIERS, FakeUpstream, Gateway, GatewayFactory, openai_provider
 from tests.fakes.anthropic_upstream import create_fake_anthropic
 from tests.fakes.gemini_upstream import create_fake_gemini
@@ -651,13 +651,6 @@ BIG_FORWARDED = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Upstream.open (upstream.py) hands the upstream body to ClientSession.post as bytes; "
-    "aiohttp warns (ResourceWarning) for bytes over 1 MiB and filterwarnings=error turns that "
-    "into a 500 here (in production, a warning per big request). Pass io.BytesIO(req.body) "
-    "when the body is large.",
-)
 @pytest.mark.parametrize("name", list(BIG_FORWARDED))
 async def test_big_valid_bodies_are_forwarded(gw, client, name):
     answer = await post(client, gw, BIG_FORWARDED[name])
@@ -801,13 +794,6 @@ async def test_corpus_raw_request(gw, client, proxy_errors, path):
     await assert_serves(client, gw, models=[GPT])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp's HTTP parser answers these itself, text/plain, before any middleware; "
-    "rendering them as {'error': ...} needs a web.RequestHandler subclass overriding "
-    "handle_error (installed via AppRunner/Server request handler), and Expect via "
-    "an expect_handler on the chat routes",
-)
 @pytest.mark.parametrize("name", ANSWERED_BY_AIOHTTP)
 async def test_protocol_errors_in_the_error_format(gw, name):
     answers = await exchange(gw.server.port, corpus_request(CORPUS / f"{name}.http", gw.api_key))
@@ -904,15 +890,6 @@ async def test_slow_headers_are_cut_off_by_keepalive_timeout(redis_url, provider
         await server.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="nothing bounds a slow request body: aiohttp's keepalive_timeout runs only between "
-    "requests and lingering_time only after the answer, and read_json_object awaits the body "
-    "for as long as the client trickles it. Needs a server.body_timeout_seconds (config.py), "
-    "passed by chat.py to read_json_object, whose read loop then runs under asyncio.timeout "
-    "and answers 408 {'error': ...}",
-)
 async def test_slow_body_is_cut_off(gateway, providers, redis_url):
     gw = await gateway(
         providers, MODELS, tiers=TIERS, redis_url=redis_url, server={"body_timeout_seconds": 0.5}

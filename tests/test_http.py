@@ -574,12 +574,6 @@ async def test_the_key_is_checked_before_the_body(gw, http, key):
         assert_error(answer, 401)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp's HTTP parser answers malformed requests (here a header over 8190 bytes) "
-    "with its own text/plain 400 before any middleware runs; rendering these as "
-    '{"error": ...} needs a custom aiohttp RequestHandler.handle_error in app.py/__main__.py',
-)
 async def test_protocol_errors_use_the_error_format(gw, http):
     answer = await send(http, "GET", gw.base_url + "/healthz", headers={"X-Big": "x" * 9000})
     assert_error(answer, 400)

@@ -289,7 +289,7 @@ FAKE = web.AppKey("fake_anthropic", FakeAnthropic)
 
 def create_fake_anthropic(api_key: str = "test-key") -> web.Application:
     """The fake as an app; `app[FAKE]` is the control object (scenario, records)."""
-    app = web.Application()
+    app = web.Application(client_max_size=16 << 20)  # real APIs take bodies of many MiB
     app[FAKE] = FakeAnthropic(api_key)
     app.router.add_post("/v1/messages", app[FAKE].messages)
     return app

@@ -203,7 +203,7 @@ FAKE_GEMINI = web.AppKey("fake_gemini", FakeGemini)
 
 def create_fake_gemini(api_key: str = "test-key", chunk_delay: float = 0.1) -> web.Application:
     """The fake as an app; the FakeGemini itself is `app[FAKE_GEMINI]`."""
-    app = web.Application()
+    app = web.Application(client_max_size=16 << 20)  # real APIs take bodies of many MiB
     fake = FakeGemini(api_key, chunk_delay)
     app[FAKE_GEMINI] = fake
     app.router.add_post("/v1beta/models/{target}", fake.handle)

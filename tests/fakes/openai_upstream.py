@@ -69,7 +69,7 @@ def _error(status: int, message: str, kind: str) -> web.Response:
 
 def create_fake_openai(record: Record | None = None) -> web.Application:
     record = record or Record()
-    app = web.Application()
+    app = web.Application(client_max_size=16 << 20)  # real APIs take bodies of many MiB
 
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
