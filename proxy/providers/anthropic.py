@@ -36,6 +36,7 @@ from proxy.providers.base import (
     StreamTranslator,
     UpstreamRequest,
     Usage,
+    load_json,
 )
 from proxy.sse import SSEEvent
 from proxy.tokens import estimate_text_tokens
@@ -282,12 +283,7 @@ class AnthropicStream(StreamTranslator):
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if event.comment or not event.data:
             return []
-        try:
-            data = orjson.loads(event.data)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError("The upstream provider sent a malformed stream event.") from exc
-        if not isinstance(data, dict):
-            raise UpstreamError("The upstream provider sent a malformed stream event.")
+        data = load_json(event.data, "stream event")
         kind = event.event or data.get("type")
         if kind == "content_block_delta":
             return self._block_delta(data)
@@ -437,12 +433,9 @@ class AnthropicProvider(Provider):
         return UpstreamRequest(self.url, self.headers, data)
 
     def parse_response(self, body: bytes, chat: ChatRequest) -> tuple[dict[str, Any], Usage | None]:
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError("The upstream provider sent a malformed answer.") from exc
-        if not isinstance(payload, dict) or not isinstance(payload.get("content"), list):
-            if isinstance(payload, dict) and payload.get("type") == "error":
+        payload = load_json(body, "answer")
+        if not isinstance(payload.get("content"), list):
+            if payload.get("type") == "error":
                 raise self.error_from_type(payload.get("error"), {})
             raise UpstreamError("The upstream provider sent a malformed answer.")
         texts: list[str] = []

@@ -64,6 +64,17 @@ class UpstreamRequest:
     body: bytes
 
 
+def load_json(data: bytes, what: str) -> dict[str, Any]:
+    """An upstream's JSON object (an answer, a stream event), or a 502 saying it was not one."""
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(f"The upstream provider sent a malformed {what}.") from exc
+    if not isinstance(payload, dict):
+        raise UpstreamError(f"The upstream provider sent a malformed {what}.")
+    return payload
+
+
 class StreamTranslator(ABC):
     """Turns one upstream stream into OpenAI chunks, one `feed` per SSE event.
 

@@ -41,7 +41,14 @@ from proxy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from proxy.providers.base import ChatRequest, Provider, StreamTranslator, UpstreamRequest, Usage
+from proxy.providers.base import (
+    ChatRequest,
+    Provider,
+    StreamTranslator,
+    UpstreamRequest,
+    Usage,
+    load_json,
+)
 from proxy.providers.gemini_schema import gemini_schema
 from proxy.sse import SSEEvent
 
@@ -377,16 +384,6 @@ def _blocked(payload: dict[str, Any]) -> bool:
     return isinstance(feedback, dict) and bool(feedback.get("blockReason"))
 
 
-def _load(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamError(f"The upstream provider sent a malformed {what}.") from exc
-    if not isinstance(payload, dict):
-        raise UpstreamError(f"The upstream provider sent a malformed {what}.")
-    return payload
-
-
 def _error_object(payload: Any) -> dict[str, Any] | None:
     """The `error` object of a Google error body (sometimes wrapped in a one-item list)."""
     if isinstance(payload, list) and payload:
@@ -433,7 +430,7 @@ class GeminiStream(StreamTranslator):
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if event.comment or not event.data:
             return []
-        payload = _load(event.data, "stream event")
+        payload = load_json(event.data, "stream event")
         error = _error_object(payload)
         if error is not None:
             code = error.get("code")
@@ -516,7 +513,7 @@ class GeminiProvider(Provider):
         return UpstreamRequest(url, self.headers, data)
 
     def parse_response(self, body: bytes, chat: ChatRequest) -> tuple[dict[str, Any], Usage | None]:
-        payload = _load(body, "answer")
+        payload = load_json(body, "answer")
         error = _error_object(payload)
         if error is not None:
             code = error.get("code")

@@ -20,6 +20,7 @@ from proxy.providers.base import (
     StreamTranslator,
     UpstreamRequest,
     Usage,
+    load_json,
 )
 from proxy.sse import SSEEvent
 
@@ -58,12 +59,7 @@ class OpenAIStream(StreamTranslator):
         if event.data == b"[DONE]":
             self.done = True
             return []
-        try:
-            chunk = orjson.loads(event.data)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError("The upstream provider sent a malformed stream event.") from exc
-        if not isinstance(chunk, dict):
-            raise UpstreamError("The upstream provider sent a malformed stream event.")
+        chunk = load_json(event.data, "stream event")
         if "error" in chunk and "choices" not in chunk:
             message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else None
             raise UpstreamError(message or "The upstream provider failed mid-stream.")
@@ -107,11 +103,8 @@ class OpenAIProvider(Provider):
         return UpstreamRequest(self.url, self.headers, orjson.dumps(body))
 
     def parse_response(self, body: bytes, chat: ChatRequest) -> tuple[dict[str, Any], Usage | None]:
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError("The upstream provider sent a malformed answer.") from exc
-        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        payload = load_json(body, "answer")
+        if not isinstance(payload.get("choices"), list):
             raise UpstreamError("The upstream provider sent a malformed answer.")
         return payload, usage_from(payload.get("usage"))
 
