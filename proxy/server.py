@@ -93,7 +93,7 @@ async def serve(config: Config, host: str, port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     worker = os.environ.get(WORKER_ENV)
-    site = web.TCPSite(runner, host, port, backlog=2048, reuse_port=worker is not None)
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=worker is not None)
     await site.start()
     # Everything made so far (modules, config, pools) lives as long as the process: keep it
     # out of the collector's scans, so full collections stay short under many open streams.

@@ -1,0 +1,94 @@
+"""The floor: a bare aiohttp passthrough that forwards bytes and does nothing else.
+
+    python benchmarks/bare_passthrough.py --port 9002 --upstream http://127.0.0.1:9001
+
+`POST /v1/chat/completions` and `/api/woozlit/v1/chat/completions` send the request body,
+as bytes, to `<upstream>/v1/chat/completions` through one shared `ClientSession` (a pooled,
+keep-alive connector), and stream the answer back as it arrives (`iter_any` + `write`): no
+parsing, no auth, no accounting, no metrics, no access log. Any aiohttp proxy pays at least
+this much per request; the benchmark reports the gateway as a ratio to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+UPSTREAM = web.AppKey("upstream", str)
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    body = await request.read()
+    session = request.app[SESSION]
+    async with session.post(
+        request.app[UPSTREAM],
+        data=body,
+        headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
+    ) as upstream:
+        response = web.StreamResponse(
+            status=upstream.status,
+            headers={"Content-Type": upstream.headers.get("Content-Type", "application/json")},
+        )
+        await response.prepare(request)
+        async for data in upstream.content.iter_any():
+            await response.write(data)
+        await response.write_eof()
+        return response
+
+
+def create_app(upstream: str) -> web.Application:
+    app = web.Application()
+    app[UPSTREAM] = upstream.rstrip("/") + "/v1/chat/completions"
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        # No pool limit (the default is 100): the client decides the concurrency, as it
+        # does for the gateway.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+            app[SESSION] = session
+            yield
+
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_post("/v1/chat/completions", forward)
+    app.router.add_post("/api/woozlit/v1/chat/completions", forward)
+    return app
+
+
+async def serve(host: str, port: int, upstream: str) -> None:
+    runner = web.AppRunner(create_app(upstream), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=4096)
+    await site.start()
+    print(f"bare_passthrough: listening on http://{host}:{port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9002)
+    parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:9001")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(serve(args.host, args.port, args.upstream))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

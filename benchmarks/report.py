@@ -1,0 +1,436 @@
+"""The report: the table of figures with ratios gateway/bare, and where the CPU went.
+
+A figure measured while processes that are not ours, or the hypervisor (steal), took more
+than `NOISY`% of a core is marked with `*`: on a shared machine that is the first thing to
+look at before believing it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+from loadgen import OPEN_MS, PACED_MS, LoadResult, percentile
+
+if TYPE_CHECKING:
+    from bench import Bench, Measured
+
+CLK = os.sysconf("SC_CLK_TCK")
+NOISY = 10  # percent of a core taken by others and steal during a measurement: mark it
+BOUND = 90  # percent busy of the harness's cpus (and not of the target's): mark as harness-bound
+
+
+def ms(ns: float) -> float:
+    return ns / 1e6
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}f}"
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    label: str
+    values: dict[str, float | None]
+    better: str  # "higher", "lower", or "" when a ratio would mean nothing
+    phase: str | None = None  # the phase it comes from, to mark noisy measurements
+    ratio_floor: float = 0.0  # no ratio when bare's value is this small (a difference near 0)
+
+
+def figures(bench: Bench) -> list[Row]:
+    """Every row of the table, computed from the merged results."""
+    res, a = bench.results, bench.args
+    names = [s.name for s in bench.subjects]
+    rows: list[Row] = []
+
+    def per(phase: str, fn: Callable[[LoadResult], float | None]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for n in names:
+            m = res.get(phase, {}).get(n)
+            out[n] = fn(m.load) if m and m.load.ok else None
+        return out
+
+    def pct(values: list[int], q: float) -> float:
+        return ms(percentile(values, q))
+
+    def minus_direct(values: dict[str, float | None]) -> dict[str, float | None]:
+        d = values.get("direct")
+        return {
+            n: (v - d if v is not None and d is not None and n != "direct" else None)
+            for n, v in values.items()
+        }
+
+    c, pc = a.concurrency, a.paced_concurrency
+    rows += [
+        Row(
+            f"non-stream throughput, c={c} (req/s)", per("json", lambda r: r.rate), "higher", "json"
+        ),
+        Row(
+            f"non-stream latency p50, c={c} (ms)",
+            per("json", lambda r: pct(r.latencies_ns, 50)),
+            "lower",
+            "json",
+        ),
+        Row(
+            f"non-stream latency p99, c={c} (ms)",
+            per("json", lambda r: pct(r.latencies_ns, 99)),
+            "lower",
+            "json",
+        ),
+    ]
+    c1 = {q: per("c1", lambda r, q=q: pct(r.latencies_ns, q)) for q in (50, 99)}
+    rows += [Row(f"latency p{q}, c=1 (ms)", c1[q], "lower", "c1") for q in (50, 99)]
+    rows += [
+        Row(f"added latency p{q}, c=1 (ms, minus direct)", minus_direct(c1[q]), "lower", "c1", 0.05)
+        for q in (50, 99)
+    ]
+    rows += [
+        Row(
+            f"streams/s, {a.chunks} chunks, c={c}",
+            per("stream", lambda r: r.rate),
+            "higher",
+            "stream",
+        ),
+        Row(
+            f"stream duration p99, c={c} (ms)",
+            per("stream", lambda r: pct(r.latencies_ns, 99)),
+            "lower",
+            "stream",
+        ),
+    ]
+    paced = {q: per("paced", lambda r, q=q: pct(r.delays_ns, q)) for q in (50, 99)}
+    rows += [
+        Row(
+            f"paced chunk delay p50 ({a.chunks} x {PACED_MS} ms, c={pc}) (ms)",
+            paced[50],
+            "lower",
+            "paced",
+        ),
+        Row("paced chunk delay p99 (ms)", paced[99], "lower", "paced"),
+        Row(
+            "added paced chunk delay p99 (ms, minus direct)",
+            minus_direct(paced[99]),
+            "lower",
+            "paced",
+            0.05,
+        ),
+        Row(
+            "paced chunk delay max (ms)",
+            per("paced", lambda r: ms(max(r.delays_ns)) if r.delays_ns else None),
+            "lower",
+            "paced",
+        ),
+        Row(
+            f"paced streams with all {a.chunks} chunks in separate reads (%)",
+            per("paced", lambda r: 100 * r.paced_separate / max(1, r.paced_streams)),
+            "higher",
+            "paced",
+        ),
+    ]
+    if "open" in res:
+        n = a.open_streams
+        rows += [
+            Row(
+                f"open streams ({n:,}, {OPEN_MS} ms apart): delay p50 (ms)",
+                per("open", lambda r: pct(r.delays_ns, 50)),
+                "lower",
+                "open",
+            ),
+            Row(
+                "open streams: chunk delay p99 (ms)",
+                per("open", lambda r: pct(r.delays_ns, 99)),
+                "lower",
+                "open",
+            ),
+            Row(
+                "open streams: streams with every chunk (%)",
+                per("open", lambda r: 100 * r.paced_complete / n),
+                "higher",
+                "open",
+            ),
+            Row(
+                "open streams: peak RSS (MB)",
+                {k: m.peak_rss_kib / 1024 or None for k, m in res["open"].items()},
+                "lower",
+                "open",
+            ),
+        ]
+    rows += [
+        Row(
+            f"RSS at {when} of the run (MB)",
+            {n: bench.rss.get(n, {}).get(when, 0) / 1024 or None for n in names},
+            "lower",
+        )
+        for when in ("start", "end")
+    ]
+    if bench.memory:
+        first = {n: bench.memory[n][1][1] / 1024 if n in bench.memory else None for n in names}
+        last = {n: bench.memory[n][-1][1] / 1024 if n in bench.memory else None for n in names}
+        n1 = bench.memory_checkpoint
+        growth = {
+            n: (100 * (last[n] / first[n] - 1) if first[n] and last[n] else None) for n in names
+        }
+        rows += [
+            Row(f"memory: RSS after {n1:,} requests (MB)", first, "lower"),
+            Row(f"memory: RSS after {a.memory_requests:,} requests (MB)", last, "lower"),
+            Row(f"memory: growth from {n1:,} to {a.memory_requests:,} (%)", growth, ""),
+        ]
+    return rows
+
+
+def report(bench: Bench, started: float) -> str:
+    a = bench.args
+    names = [s.name for s in bench.subjects]
+    lines = [
+        f"Woozlit gateway benchmark, {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(started))}",
+        f"machine: {os.cpu_count()} cpus ({cpu_model()}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}",
+        (
+            f"gateway: commit {bench.commit}, "
+            f"{'redis-server on loopback' if a.redis else 'embedded store'}"
+            f", --workers {a.workers}; config {os.path.relpath(a.config)}"
+            if not a.skip_gateway
+            else "gateway: not measured (--skip-gateway)"
+        ),
+        f"pinning: target on cpus {sorted(bench.harness.target_cpus or [])}, upstream + load "
+        f"generator{' + redis' if a.redis else ''} on {sorted(bench.harness.harness_cpus or [])}"
+        if bench.harness.target_cpus
+        else "pinning: none (--no-pin, or as many --workers as cpus)",
+        "speed gauge (a fixed Python loop on the harness cpu; lower is faster): "
+        + (
+            f"{bench.gauge[0]:.0f} ms at start, {bench.gauge[-1]:.0f} ms at end"
+            if bench.gauge
+            else "not taken"
+        ),
+        f"busy before the run (other processes): {bench.background}; waited "
+        f"{bench.quiet_waited:.0f} s in all for quiet cpus before measurements "
+        f"(gave up {bench.quiet_gave_up} times)",
+        f"command: {' '.join(['python', 'benchmarks/bench.py', *sys.argv[1:]])}",
+        f"{a.rounds} round(s); per target: {a.duration:g} s non-stream, {a.duration / 2:g} s c=1, "
+        f"{a.duration:g} s streams, {a.duration:g} s paced",
+        "",
+    ]
+    width = 58
+    header = f"{'figure':<{width}}" + "".join(f"{n:>10}" for n in names)
+    has_ratio = "bare" in names and "gateway" in names
+    if has_ratio:
+        header += f"{'gw/bare':>10}"
+    lines += [header, "-" * len(header)]
+    noisy = bound = False
+    for row in figures(bench):
+        line = f"{row.label:<{width}}"
+        for n in names:
+            mark = ""
+            m = bench.results.get(row.phase or "", {}).get(n)
+            if m is not None and row.values.get(n) is not None:
+                if harness_bound(bench, m):
+                    mark, bound = "^", True
+                if others_pct(m) + steal_pct(m) > NOISY:
+                    mark, noisy = mark + "*", True
+            line += f"{fmt(row.values.get(n)) + mark:>10}"
+        b, g = row.values.get("bare"), row.values.get("gateway")
+        if has_ratio and row.better:
+            ratio = None
+            if b is not None and g is not None and b > max(row.ratio_floor, 1e-12):
+                ratio = g / b
+            line += f"{fmt(ratio):>10}"
+        lines.append(line)
+    if bound:
+        lines.append(
+            f"^ the harness's cpus were over {BOUND}% busy and the target's under: "
+            "bound by the harness, the target could do more"
+        )
+    if noisy:
+        lines.append(
+            f"* measured while processes not ours and the hypervisor (steal) took "
+            f"more than {NOISY}% of a core"
+        )
+
+    lines += [
+        "",
+        "harness: where the CPU went, in % of one core, over each phase ('others': "
+        "processes not ours)",
+    ]
+    lines.append(
+        f"{'phase':<8}{'target':<9}{'target':>8}{'upstream':>10}{'loadgen':>9}"
+        f"{'redis':>7}{'others':>8}{'steal':>7}{'loadgen us/req':>16}"
+    )
+    for phase, per_target in bench.results.items():
+        for name, m in per_target.items():
+            lines.append(harness_row(phase, name, m))
+    for name, points in bench.memory.items():
+        curve = " ".join(f"{kib / 1024:.1f}" for _, kib in points)
+        lines.append(
+            f"memory: {name} RSS (MB) before the memory phase, then every "
+            f"{bench.memory_checkpoint:,} requests: {curve}"
+        )
+    errors = [
+        (p, n, m.load) for p, t in bench.results.items() for n, m in t.items() if m.load.errors
+    ]
+    for phase, name, load in errors:
+        lines.append(f"errors: {phase} {name}: {load.errors} failed, e.g. {load.error_samples[:2]}")
+    odd = [
+        (p, n, m.load.stream_events)
+        for p, t in bench.results.items()
+        for n, m in t.items()
+        if len(m.load.stream_events) > 1 or m.load.streams_without_done
+    ]
+    for phase, name, events in odd:
+        lines.append(f"note: {phase} {name}: events per stream {events} (all should be equal)")
+    lines += [f"note: {n}" for n in bench.notes]
+    lines += [f"left out: {s.name}: {s.failed}" for s in bench.subjects if s.failed]
+    lines += ["", *checks(bench)]
+    return "\n".join(lines)
+
+
+def harness_bound(bench: Bench, m: Measured) -> bool:
+    """The harness's cpus were saturated while the target's were not."""
+    cpus = bench.harness.harness_cpus
+    u = m.usage
+    if not cpus or not u.wall:
+        return False
+    busy = sum(u.cores[c][0] for c in cpus if c in u.cores)
+    total = sum(u.cores[c][2] for c in cpus if c in u.cores)
+    target = u.target / (u.wall * CLK / 100) / max(1, len(bench.harness.target_cpus or ()))
+    return total > 0 and 100 * busy / total > BOUND and target < BOUND
+
+
+def others_pct(m: Measured) -> float:
+    """CPU used by processes not ours during a measurement, in % of one core."""
+    u = m.usage
+    if not u.wall:
+        return 0.0
+    ours = u.target + u.upstream + u.redis + u.loadgen * CLK
+    busy = sum(v[0] for v in u.cores.values())
+    return max(0.0, busy - ours) / (u.wall * CLK / 100)
+
+
+def steal_pct(m: Measured) -> float:
+    """CPU time the hypervisor gave to other machines during a measurement, % of one core."""
+    u = m.usage
+    if not u.wall:
+        return 0.0
+    return sum(v[1] for v in u.cores.values()) / (u.wall * CLK / 100)
+
+
+def harness_row(phase: str, name: str, m: Measured) -> str:
+    u = m.usage
+    if not u.wall:
+        return f"{phase:<8}{name:<9}  (not run)"
+    per_pct = u.wall * CLK / 100  # clock ticks in 1% of one core over the phase
+    steal = sum(v[1] for v in u.cores.values())
+    cells = [
+        u.target / per_pct,
+        u.upstream / per_pct if name != "direct" else None,
+        100 * u.loadgen / u.wall,
+        u.redis / per_pct,
+        others_pct(m),
+        steal / per_pct,
+    ]
+    gen_us = 1e6 * u.loadgen / m.load.ok if m.load.ok else None
+    widths = (8, 10, 9, 7, 8, 7)
+    text = "".join(
+        f"{(fmt(c, 0) + '%') if c is not None else '-':>{w}}"
+        for c, w in zip(cells, widths, strict=True)
+    )
+    return f"{phase:<8}{name:<9}{text}{fmt(gen_us, 1):>16}"
+
+
+def checks(bench: Bench) -> list[str]:
+    """The figures the issues set targets for, each marked reached or not."""
+    rows = {row.label: row.values for row in figures(bench)}
+    out = ["targets (issue 2, done-when):"]
+
+    def find(prefix: str) -> dict[str, float | None]:
+        return next((v for k, v in rows.items() if k.startswith(prefix)), {})
+
+    tput = find("non-stream throughput")
+    b, g = tput.get("bare"), tput.get("gateway")
+    if b and g:
+        out.append(
+            f"  non-stream throughput >= 60% of bare: {100 * g / b:.0f}% "
+            f"{'reached' if g / b >= 0.6 else 'NOT reached'}"
+        )
+    p99 = find("paced chunk delay p99").get("gateway")
+    sep = find("paced streams with all").get("gateway")
+    if p99 is not None:
+        out.append(
+            f"  paced chunks: p99 delay <= 1 ms: {p99:.2f} ms "
+            f"{'reached' if p99 <= 1 else 'NOT reached'}; all chunks separate in "
+            f"{sep:.0f}% of streams"
+        )
+    growth = find("memory: growth").get("gateway")
+    if growth is not None:
+        out.append(
+            f"  RSS growth {bench.memory_checkpoint:,} -> {bench.args.memory_requests:,} "
+            "requests < 10%: "
+            f"{growth:.1f}% {'reached' if growth < 10 else 'NOT reached'}"
+        )
+
+    out.append("targets (issue 7, meant with everything on: --redis):")
+
+    def target(label: str, value: float | None, limit: float, unit: str, most: bool = True) -> None:
+        if value is None or value != value:
+            return
+        ok = value <= limit if most else value >= limit
+        sign = "<=" if most else ">="
+        out.append(
+            f"  {label} {sign} {limit:g}{unit}: {value:.2f}{unit} "
+            f"{'reached' if ok else 'NOT reached'}"
+        )
+
+    if b and g:
+        target("non-stream throughput, % of bare", 100 * g / b, 50, "%", most=False)
+    target("added latency p50, c=1", find("added latency p50").get("gateway"), 0.5, " ms")
+    target("added latency p99, c=1", find("added latency p99").get("gateway"), 1.5, " ms")
+    target(
+        "added paced chunk delay p99",
+        find("added paced chunk delay p99").get("gateway"),
+        1.0,
+        " ms",
+    )
+    target(
+        "open streams: chunk delay p99",
+        find("open streams: chunk delay p99").get("gateway"),
+        5.0,
+        " ms",
+    )
+    target("open streams: peak RSS", find("open streams: peak RSS").get("gateway"), 500, " MB")
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+def as_json(bench: Bench, text: str, started: float) -> dict:
+    rows = [{"figure": row.label, **row.values} for row in figures(bench)]
+    return {
+        "started": started,
+        "argv": sys.argv[1:],
+        "table": rows,
+        "memory": bench.memory,
+        "usage": {p: {n: vars(m.usage) for n, m in t.items()} for p, t in bench.results.items()},
+        "text": text,
+    }
