@@ -190,7 +190,10 @@ class Bench:
                 "WOOZLIT_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
                 "WOOZLIT_ADMIN_TOKEN": admin_token,
             }
-        proc, port, key = h.start_gateway(up_port, config, env, a.workers, expect_key=not a.redis)
+        launcher = HERE / "gateway_without_accounting.py" if a.no_accounting else None
+        proc, port, key = h.start_gateway(
+            up_port, config, env, a.workers, expect_key=not a.redis, launcher=launcher
+        )
         if admin_token is not None:
             key = await self.create_key(port, admin_token)
         assert key is not None
@@ -508,6 +511,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--redis", action="store_true", help="run the gateway on a redis-server started on loopback"
+    )
+    p.add_argument(
+        "--no-accounting",
+        action="store_true",
+        help="the gateway with auth, rate limits and quota off: the baseline of issue 3's "
+        "accounting cost (benchmarks/gateway_without_accounting.py)",
     )
     p.add_argument(
         "--workers",

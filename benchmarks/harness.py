@@ -276,12 +276,13 @@ class Harness:
         env: Mapping[str, str],
         workers: int | None,
         expect_key: bool,
+        launcher: Path | None = None,
     ) -> tuple[Proc, int, str | None]:
         port = free_port()
+        program = [str(launcher)] if launcher else ["-m", "proxy"]
         argv = [
             sys.executable,
-            "-m",
-            "proxy",
+            *program,
             "serve",
             "--config",
             str(config),

@@ -105,6 +105,8 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error_response(500, "Internal server error.")
+    if not response.prepared:  # a stream got it before its headers went out (chat.py)
+        response.headers["x-request-id"] = request[X_REQUEST_ID]
     if request.app[STATE]["draining"]:
         response.force_close()  # no keep-alive while draining: the client reconnects elsewhere
     fields.setdefault("status", response.status)
@@ -118,12 +120,6 @@ def _log_access(request: web.Request, fields: dict[str, Any], started: float) ->
     fields["path"] = route.canonical if route is not None else "-"  # never a raw path
     fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
     request.app[ACCESS_LOG].write(fields)
-
-
-async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    rid = request.get(X_REQUEST_ID)
-    if rid:
-        response.headers["x-request-id"] = rid
 
 
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:
@@ -205,7 +201,6 @@ def create_app(
     app[ROUTER] = Router(config, metrics_)
     app[STATE] = {"draining": False}
     app[ACCESS_LOG] = AccessLog(enabled=config.access_log)
-    app.on_response_prepare.append(_add_request_id)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = open_store(redis_url, config.accounting.redis_timeout_seconds, metrics_)

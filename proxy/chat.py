@@ -23,11 +23,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.appkeys import ACCESS, ACCOUNTANT, CONFIG, METRICS, REQUEST_ID, ROUTER, STORE, UPSTREAM
+from proxy.appkeys import (
+    ACCESS,
+    ACCOUNTANT,
+    CONFIG,
+    METRICS,
+    REQUEST_ID,
+    ROUTER,
+    STORE,
+    UPSTREAM,
+    X_REQUEST_ID,
+)
 from proxy.config import Deployment
 from proxy.errors import BadRequest, GatewayError
 from proxy.idempotency import MAX_KEY_LENGTH, Claim
-from proxy.metrics import Metrics
 from proxy.providers.base import ChatRequest, Provider, StreamTranslator, Usage
 from proxy.tokens import estimate_text_tokens
 from proxy.upstream import Timing
@@ -138,7 +147,7 @@ async def serve(
     plan = router.plan(model)
     routing = config.routing
     deadline = timing.started + routing.deadline_seconds
-    headers = dict(admission.headers)
+    headers = {**admission.headers, "x-request-id": request[X_REQUEST_ID]}
     exchange = Exchange(chat)
     provider_name = plan[0][1].config.name
     metrics.in_flight.inc()
@@ -184,7 +193,18 @@ async def serve(
         usage = exchange.charge()
         served = exchange.status == "200" or usage.total_tokens > 0  # a request of the month
         accountant.settle_soon(admission, usage, model, served=served)
-        record(metrics, model, provider_name, exchange.status, chat.stream, usage, timing)
+        now = time.perf_counter()
+        metrics.request_done(
+            model,
+            provider_name,
+            exchange.status,
+            chat.stream,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            total=now - timing.started,
+            ttft=timing.first_chunk - timing.started if timing.first_chunk else None,
+            overhead=max(now - timing.started - timing.upstream - timing.store, 0.0),
+        )
         request[ACCESS].update(
             account=owner[0],
             model=model,
@@ -246,25 +266,3 @@ async def forward(
     return web.Response(
         body=orjson.dumps(payload), content_type="application/json", headers=headers
     )
-
-
-def record(
-    metrics: Metrics,
-    model: str,
-    provider: str,
-    status: str,
-    stream: bool,
-    usage: Usage,
-    timing: Timing,
-) -> None:
-    """The request's metrics, once it is over."""
-    label = "true" if stream else "false"
-    total = time.perf_counter() - timing.started
-    metrics.requests.labels(model, provider, status).inc()
-    if usage.total_tokens:
-        metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
-        metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
-    metrics.duration.labels(model, label).observe(total)
-    if timing.first_chunk:
-        metrics.ttft.labels(model, label).observe(timing.first_chunk - timing.started)
-    metrics.overhead.labels(label).observe(max(total - timing.upstream - timing.store, 0.0))

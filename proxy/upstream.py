@@ -52,6 +52,15 @@ class Upstream:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics):
         self.session = session
         self.metrics = metrics
+        self._client_timeouts: dict[str, aiohttp.ClientTimeout] = {}
+
+    def _client_timeout(self, provider: Provider) -> aiohttp.ClientTimeout:
+        timeout = self._client_timeouts.get(provider.config.name)
+        if timeout is None:
+            connect = provider.config.timeouts.connect
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect)
+            self._client_timeouts[provider.config.name] = timeout
+        return timeout
 
     async def open(
         self, provider: Provider, req: UpstreamRequest, timing: Timing
@@ -66,7 +75,7 @@ class Upstream:
                     # aiohttp warns about bytes bodies over 1 MiB; a file-like one it streams.
                     data=req.body if len(req.body) < BIG_BODY else io.BytesIO(req.body),
                     headers=req.headers,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
+                    timeout=self._client_timeout(provider),
                 )
                 if resp.status >= 300:
                     body = await resp.read()
@@ -94,8 +103,11 @@ class Upstream:
         resp = await self.open(provider, req, timing)
         since = time.perf_counter()
         try:
-            async with asyncio.timeout(provider.config.timeouts.idle):
+            if resp.content.is_eof():  # the whole body came with the headers: no timer needed
                 body = await resp.read()
+            else:
+                async with asyncio.timeout(provider.config.timeouts.idle):
+                    body = await resp.read()
         except TimeoutError as exc:
             self.metrics.upstream_errors.labels(provider.config.name, "timeout").inc()
             raise UpstreamTimeout(f"Provider '{provider.config.name}' stalled.") from exc

@@ -42,12 +42,20 @@ async def read_json_object(request: web.Request, limit: int, seconds: float) -> 
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
     raw = bytearray()
+    content = request.content
     try:
-        async with asyncio.timeout(seconds):
-            async for piece in request.content.iter_any():
-                raw += piece
-                if len(raw) > limit:
-                    raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
+        if content.is_eof():  # the whole body came with the headers: no timer needed
+            raw += content.read_nowait()
+            if len(raw) > limit:
+                raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
+        else:
+            async with asyncio.timeout(seconds):
+                async for piece in content.iter_any():
+                    raw += piece
+                    if len(raw) > limit:
+                        raise PayloadTooLarge(
+                            f"Request body too large: the limit is {limit} bytes."
+                        )
     except TimeoutError as exc:
         raise RequestTimeout(f"The request body did not arrive within {seconds:g} s.") from exc
     except web.RequestPayloadError as exc:
