@@ -170,8 +170,11 @@ class PipelinedScripts:
 
     async def evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
         command = encode("EVALSHA", self.shas[name], len(keys), *keys, *args)
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connection()
         try:
-            return await self._call(command)
+            return await protocol.send(command)
         except RedisReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
