@@ -172,6 +172,11 @@ class Upstream:
         except GatewayError as exc:
             if out is None:
                 raise
+            if translator.chat.include_usage:
+                # The client asked to know what it uses: a cut stream is charged what was
+                # produced, so say so before the error ends it.
+                usage = {"choices": [], "usage": translator.final_usage().as_dict(), **stamp}
+                await out.write(frame(orjson.dumps(usage)))
             await out.write(frame(orjson.dumps({"error": exc.message})))
             await out.write_eof()
             return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import orjson
 import pytest
 
 from proxy.appkeys import ACCOUNTANT, ACCOUNTS
@@ -242,3 +243,23 @@ async def test_redis_down_gives_fast_503_and_recovers(
             assert resp.status == 200
     metrics = gw.app[ACCOUNTS].store.metrics.render().decode()
     assert 'woozlit_admissions_total{result="store"}' in metrics
+
+
+async def test_a_stream_cut_by_the_upstream_tells_the_client_its_charge(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str
+):
+    models = {"woozlit/crash": [{"provider": "openai", "model": "midstream-error"}]}
+    gw = await gateway({"openai": openai_provider(fake_openai.url)}, models, redis_url=redis_url,
+                       account={"tier": "free", "developer": True})  # fmt: skip
+    body = {"model": "woozlit/crash", "messages": MESSAGES, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gw.api + "/chat/completions", json=body, headers=gw.auth()) as resp,
+    ):
+        events = [line[6:] for line in (await resp.read()).split(b"\n\n") if line]
+    usage_event, error_event = orjson.loads(events[-2]), orjson.loads(events[-1])
+    assert "error" in error_event
+    told = usage_event["usage"]["total_tokens"]
+    assert told > 0
+    assert (await usage_of(gw))["used"] == told
