@@ -18,7 +18,7 @@ async def identify(self: Accountant, authorization: str | None) -> tuple[str, st
 
 async def admit(self: Accountant, owner: tuple[str, str], request_id: str, hold: int,
                 *, consume: bool = True) -> Admission:  # fmt: skip
-    return Admission(owner[0], owner[1], request_id, 0, {})
+    return Admission(owner[0], owner[1], request_id, {})
 
 
 def settle_soon(self: Accountant, *args: Any, **kwargs: Any) -> None:

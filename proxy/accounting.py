@@ -38,7 +38,6 @@ class Admission:
     account_id: str
     key_id: str
     request_id: str
-    held: int
     headers: dict[str, str]  # the x-ratelimit-* headers for the answer
 
 
@@ -58,7 +57,7 @@ class Accountant:
             self.tier_args += [name, limit, tier.requests_per_minute]
         self._owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._pending: set[asyncio.Task[None]] = set()
-        self._refused = {
+        self._decisions = {
             reason: metrics.admissions.labels(reason)
             for reason in ("admitted", "auth", "forbidden", "rate_limit", "quota", "store")
         }
@@ -68,7 +67,7 @@ class Accountant:
         try:
             key = auth.bearer_key(authorization)
         except Unauthorized:
-            self._refused["auth"].inc()
+            self._decisions["auth"].inc()
             raise
         digest = auth.digest(key)
         owner = self._owners.get(digest)
@@ -76,10 +75,10 @@ class Accountant:
             try:
                 value = await self.store.command("get", keys.key_digest(digest))
             except ServiceUnavailable:
-                self._refused["store"].inc()
+                self._decisions["store"].inc()
                 raise
             if not value:
-                self._refused["auth"].inc()
+                self._decisions["auth"].inc()
                 raise Unauthorized("Invalid API key.")
             account_id, _, key_id = value.partition(":")
             owner = (account_id, key_id)
@@ -103,30 +102,29 @@ class Accountant:
                 [request_id, hold, self.hold_ttl_ms, "1" if consume else "0", "", *self.tier_args],
             )
         except ServiceUnavailable:
-            self._refused["store"].inc()
+            self._decisions["store"].inc()
             raise
         code = reply[0]
         if code == "ok":
-            self._refused["admitted"].inc()
+            self._decisions["admitted"].inc()
             rpm, remaining, reset_ms = reply[1], reply[2], reply[3]
             headers = {
                 "x-ratelimit-limit-requests": str(rpm),
                 "x-ratelimit-remaining-requests": str(max(remaining, 0)),
                 "x-ratelimit-reset-requests": _duration(reset_ms),
             }
-            held = hold if consume and reply[4] >= 0 else 0
-            return Admission(account_id, key_id, request_id, held, headers)
+            return Admission(account_id, key_id, request_id, headers)
         if code in ("unknown", "revoked"):
-            self._refused["auth"].inc()
+            self._decisions["auth"].inc()
             raise Unauthorized("Invalid API key.")
         if code == "disabled":
-            self._refused["forbidden"].inc()
+            self._decisions["forbidden"].inc()
             raise Forbidden("This account is disabled.")
         if code == "nodev":
-            self._refused["forbidden"].inc()
+            self._decisions["forbidden"].inc()
             raise Forbidden("This account does not have developer access; ask an administrator.")
         if code == "rate":
-            self._refused["rate_limit"].inc()
+            self._decisions["rate_limit"].inc()
             rpm, retry_ms = reply[1], reply[3]
             raise RateLimited(
                 f"Rate limit of {rpm} requests per minute exceeded for this API key; "
@@ -139,7 +137,7 @@ class Accountant:
                 },
             )
         if code == "quota":
-            self._refused["quota"].inc()
+            self._decisions["quota"].inc()
             raise QuotaExceeded()
         # 'duplicate': our request ids are random, so this is a bug, not the client's fault.
         raise ServiceUnavailable(f"Unexpected answer from the accounting store: {code!r}.")

@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from proxy import admin
-from proxy.accounting import Accountant
+from proxy.accounting import Accountant, Admission
 from proxy.accounts import Accounts, next_month_start
 from proxy.admin import Handler
 from proxy.appkeys import (
@@ -130,12 +130,16 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     return error_response(417, "Unsupported Expect header.")
 
 
-async def list_models(request: web.Request) -> web.Response:
-    app = request.app
-    accountant = app[ACCOUNTANT]
+async def key_holder(request: web.Request) -> Admission:
+    """The key's account, checked (key, account state) without counting against its limits."""
+    accountant = request.app[ACCOUNTANT]
     owner = await accountant.identify(request.headers.get("Authorization"))
-    admission = await accountant.admit(owner, request[REQUEST_ID], 0, consume=False)
-    router = app[ROUTER]
+    return await accountant.admit(owner, request[REQUEST_ID], 0, consume=False)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    admission = await key_holder(request)
+    router = request.app[ROUTER]
     data = [
         {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": router.owner(name)}
         for name in router.routes
@@ -149,10 +153,10 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def key_usage(request: web.Request) -> web.Response:
     app = request.app
-    accountant = app[ACCOUNTANT]
-    owner = await accountant.identify(request.headers.get("Authorization"))
-    admission = await accountant.admit(owner, request[REQUEST_ID], 0, consume=False)
-    await accountant.flush()  # this instance's settles in flight, so a client sees its last request
+    admission = await key_holder(request)
+    await app[
+        ACCOUNTANT
+    ].flush()  # this instance's settles in flight: a client sees its last request
     full = await app[ACCOUNTS].usage(admission.account_id)
     body = {k: full[k] for k in ("month", "limit", "used", "remaining")}
     body["reset_at"] = next_month_start(full["month"])
