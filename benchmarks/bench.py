@@ -12,6 +12,11 @@ concurrency-1 latency, 20-chunk streams, paced streams) runs against every targe
 in `--rounds` short rounds whose target order rotates, so that the noise of a shared machine
 falls on all targets alike. Every figure is printed with the ratio gateway/bare.
 
+`--anthropic-paced` adds the paced streams through the gateway's Anthropic provider (the
+same fake upstream speaking Anthropic's Messages API). Neither `direct` nor `bare` can turn
+Anthropic's events into OpenAI's, so that phase measures the gateway only, right after its
+OpenAI paced streams in the same round, and the report compares the two (issue 4).
+
 Pinning (2 cores): the measured process (bare or gateway, or the upstream itself for
 `direct`) runs alone on cpu 0; the load generator, the fake upstream and redis share cpu 1.
 The load generator and upstream are cheap (see loadgen.py); the harness table printed after
@@ -46,11 +51,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import HERE, ROOT, Harness, Proc, core_times
 from loadgen import (
+    ANTHROPIC_MODEL,
+    ANTHROPIC_PACED_MODEL,
     MODEL,
     OPEN_MODEL,
     OPEN_MS,
     PACED_MODEL,
     PACED_MS,
+    T_IN_CONTENT,
     LoadResult,
     Target,
     body,
@@ -74,6 +82,7 @@ class Phase:
     requests: int | None = None  # send exactly this many, in the first round only
     sample_rss: bool = False  # record the target's peak RSS while it runs
     delay_window: tuple[float, float] | None = None  # see loadgen.run_load
+    targets: tuple[str, ...] | None = None  # measure only these (None: every target)
 
 
 @dataclass
@@ -239,6 +248,33 @@ class Bench:
                     )
                 if not text.rstrip().endswith("data: [DONE]"):
                     raise RuntimeError(f"stream did not end with [DONE]: ...{text[-200:]!r}")
+            if subject.name == "gateway" and self.args.anthropic_paced:
+                await self.check_anthropic(s, url, headers)
+
+    async def check_anthropic(self, s: aiohttp.ClientSession, url: str, headers: dict) -> None:
+        """The gateway's Anthropic route: a non-stream answer, and a paced stream whose every
+        delta came through with its stamp, the provider's usage, and [DONE]."""
+        async with s.post(url, data=body(ANTHROPIC_MODEL, False), headers=headers) as r:
+            text = await r.text()
+            if r.status != 200 or "choices" not in orjson.loads(text):
+                raise RuntimeError(f"Anthropic non-stream request: {r.status} {text[:300]}")
+        async with s.post(url, data=body(ANTHROPIC_PACED_MODEL, True), headers=headers) as r:
+            text = await r.text()
+            if r.status != 200:
+                raise RuntimeError(f"Anthropic stream request: {r.status} {text[:300]}")
+        stamped = len(T_IN_CONTENT.findall(text.encode()))
+        if stamped != self.args.chunks:
+            raise RuntimeError(
+                f"Anthropic stream: {stamped} of {self.args.chunks} deltas reached the "
+                f"client with their stamp: ...{text[-300:]!r}"
+            )
+        events = [e[5:].strip() for e in text.split("\n\n") if e.startswith("data:")]
+        if not events or events[-1] != "[DONE]":
+            raise RuntimeError(f"Anthropic stream did not end with [DONE]: ...{text[-200:]!r}")
+        usage = orjson.loads(events[-2]).get("usage") if len(events) > 1 else None
+        want = {"prompt_tokens": 9, "completion_tokens": self.args.chunks}
+        if not isinstance(usage, dict) or any(usage.get(k) != v for k, v in want.items()):
+            raise RuntimeError(f"Anthropic stream: usage {usage}, the upstream counted {want}")
 
     # -- measuring -----------------------------------------------------------------------
 
@@ -340,14 +376,18 @@ class Bench:
     async def run_phases(self, phases: list[Phase]) -> None:
         a = self.args
         live = [s for s in self.subjects if not s.failed]
+
+        def measured(phase: Phase, subject: Subject) -> bool:
+            return phase.targets is None or subject.name in phase.targets
+
         for phase in phases:
-            self.results[phase.name] = {s.name: Measured() for s in live}
+            self.results[phase.name] = {s.name: Measured() for s in live if measured(phase, s)}
         for r in range(a.rounds):
             for phase in phases:
                 # Rotate the order each round so no target always runs first (or last).
                 order = live[r % len(live) :] + live[: r % len(live)]
                 for subject in order:
-                    if subject.failed or (phase.requests and r):
+                    if subject.failed or (phase.requests and r) or not measured(phase, subject):
                         continue
                     await self.wait_quiet()
                     seconds = phase.seconds if phase.requests else phase.seconds / a.rounds
@@ -379,6 +419,9 @@ class Bench:
                 await self.measure(
                     Phase("warmup", kind, self.args.concurrency, 0), subject, self.args.warmup
                 )
+            if subject.name == "gateway" and self.args.anthropic_paced:
+                warmup = Phase("warmup", "stream", self.args.concurrency, 0, model=ANTHROPIC_MODEL)
+                await self.measure(warmup, subject, self.args.warmup)
 
     async def measure_memory(self) -> None:
         """RSS of bare and gateway after checkpoints of requests: 90% non-stream, 10% streams."""
@@ -435,6 +478,20 @@ class Bench:
                 model=PACED_MODEL,
             ),
         ]
+        if a.anthropic_paced:
+            # Issue 4: the same paced streams through the gateway's Anthropic provider, right
+            # after its OpenAI ones in every round (direct and bare cannot translate).
+            phases.append(
+                Phase(
+                    "paced-anthropic",
+                    "paced",
+                    a.paced_concurrency,
+                    d,
+                    stagger=PACED_MS / 1000 / a.paced_concurrency,
+                    model=ANTHROPIC_PACED_MODEL,
+                    targets=("gateway",),
+                )
+            )
         if a.open_streams:
             # Issue 7: many slow streams open at once. The connections open over a ramp of
             # OPEN_RAMP seconds (10,000 at once would measure a connection storm, not open
@@ -534,6 +591,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "delay and peak RSS (issue 7 asks for 10000)",
     )
     p.add_argument(
+        "--anthropic-paced",
+        action="store_true",
+        help="also measure the paced streams through the gateway's Anthropic provider "
+        "(the fake upstream as Anthropic's Messages API), against its OpenAI ones (issue 4)",
+    )
+    p.add_argument(
         "--memory",
         action="store_true",
         help="also measure RSS after 10,000 and --memory-requests requests",
@@ -563,6 +626,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.quiet_wait = 1.0 if a.quick else 3.0
     if a.gateway_only and a.skip_gateway:
         p.error("--gateway-only and --skip-gateway exclude each other")
+    if a.anthropic_paced and a.skip_gateway:
+        p.error("--anthropic-paced measures the gateway: not with --skip-gateway")
     return a
 
 

@@ -1,4 +1,4 @@
-"""A fast fake OpenAI-compatible upstream for the benchmarks.
+"""A fast fake upstream for the benchmarks: OpenAI-compatible, and Anthropic's Messages API.
 
     python benchmarks/fake_upstream.py --port 9001 [--chunks 20] [--chunk-delay-ms 0]
 
@@ -15,6 +15,19 @@ only through its ordinary model routing. Every chunk of a paced stream carries i
 `time.time_ns()` taken just before the write, twice: as a top-level field `"t_sent"` and in
 its content as `[<ns>]`, in case a proxy drops unknown fields. A client then computes the
 per-chunk delay as its receive time minus `t_sent` (one machine, one clock).
+
+`POST /v1/messages` speaks Anthropic's Messages API as the real service does (see
+tests/fakes/anthropic_upstream.py): it wants an `x-api-key` header (401
+`authentication_error` without) and `anthropic-version: 2023-06-01` (400 otherwise), answers a
+`message` with usage, or with `"stream": true` the events `message_start` (with
+`usage.input_tokens`), `content_block_start`, `ping`, `--chunks` `content_block_delta`
+text deltas, each written separately, `content_block_stop`, `message_delta` (stop reason,
+cumulative `usage.output_tokens`) and `message_stop`, each as `event: <type>` and `data:`
+lines. Pacing works the same way through the model name (e.g.
+`claude-3-5-haiku-20241022-paced20`): the first delta goes right after the opening events,
+the others MS apart, and each delta's text is its send time, `[<ns>]`. The gateway
+rebuilds every chunk from the delta's text, so the stamp reaches the client in the
+OpenAI chunk's `content`, where the load generator reads it.
 """
 
 from __future__ import annotations
@@ -29,6 +42,8 @@ import orjson
 from aiohttp import web
 
 MODEL = "gpt-4o-mini"
+ANTHROPIC_MODEL = "claude-3-5-haiku-20241022"
+ANTHROPIC_VERSION = "2023-06-01"
 CREATED = 1700000000
 PACED = re.compile(r"-paced(\d+)$")
 
@@ -52,6 +67,28 @@ NON_STREAM = orjson.dumps(
 )
 NOT_FOUND = b'{"error":{"message":"not found","type":"invalid_request_error"}}'
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+ANTHROPIC_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "request-id": "req_bench",
+}
+ANTHROPIC_NON_STREAM = orjson.dumps(
+    {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": ANTHROPIC_MODEL,
+        "content": [{"type": "text", "text": "Hello from the fake upstream."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 9, "output_tokens": 7},
+    }
+)
+
+
+def anthropic_error(status: int, kind: str, message: str) -> web.Response:
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 def _chunk(i: int, n: int) -> dict:
@@ -111,9 +148,72 @@ class Stream:
         self.framed_done = frame(self.done)
 
 
+def sse(event: str, data: dict) -> bytes:
+    """One event of Anthropic's stream: its type on an `event:` line, then its data."""
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class AnthropicStream:
+    """The pre-encoded events of one Anthropic stream of n text deltas."""
+
+    def __init__(self, n: int):
+        self.n = n
+        message = {
+            "id": "msg_bench",
+            "type": "message",
+            "role": "assistant",
+            "model": ANTHROPIC_MODEL,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 9, "output_tokens": 1},
+        }
+        # The opening events, in the real service's order, sent in one write.
+        self.start = (
+            sse("message_start", {"type": "message_start", "message": message})
+            + sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+            + sse("ping", {"type": "ping"})
+        )
+
+        def delta(text: str) -> bytes:
+            return sse(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": text},
+                },
+            )
+
+        self.framed = [frame(delta(f"tok{i} ")) for i in range(n)]
+        # A paced delta is its text split around the stamp: stamping is two concatenations.
+        self.paced_before, self.paced_after = delta("[@T@]").split(b"@T@")
+        self.end = (
+            sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+            + sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": n},
+                },
+            )
+            + sse("message_stop", {"type": "message_stop"})
+        )
+        self.framed_end = frame(self.end)
+
+
 def make_handler(chunks: int, delay_ms: float):
     """The request handler, closed over the pre-encoded answers."""
     stream = Stream(chunks)
+    anthropic = AnthropicStream(chunks)
     pacing_by_model: dict[str, float] = {}
 
     def pacing(model: object) -> float:
@@ -128,6 +228,8 @@ def make_handler(chunks: int, delay_ms: float):
         return found
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "POST" and request.path.endswith("/v1/messages"):
+            return await handle_messages(request)
         if request.method != "POST" or not request.path.endswith("/chat/completions"):
             return web.Response(status=404, body=NOT_FOUND, content_type="application/json")
         try:
@@ -176,6 +278,44 @@ def make_handler(chunks: int, delay_ms: float):
         if include_usage:
             write(stream.framed_usage)
         write(stream.framed_done)
+        await response.write_eof()
+        return response
+
+    async def handle_messages(request: web.BaseRequest) -> web.StreamResponse:
+        """Anthropic's `POST /v1/messages`: the same shapes and pacing in its wire format."""
+        if not request.headers.get("x-api-key"):
+            return anthropic_error(401, "authentication_error", "x-api-key header is required")
+        if request.headers.get("anthropic-version") != ANTHROPIC_VERSION:
+            return anthropic_error(400, "invalid_request_error", "anthropic-version: invalid")
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("max_tokens"), int):
+            return anthropic_error(400, "invalid_request_error", "max_tokens: Field required")
+        if body.get("stream") is not True:
+            return web.Response(body=ANTHROPIC_NON_STREAM, content_type="application/json")
+
+        delay = pacing(body.get("model")) / 1000.0
+        response = web.StreamResponse(headers=ANTHROPIC_SSE_HEADERS)
+        await response.prepare(request)
+        # As above: the opening events go through aiohttp with the headers, the deltas
+        # straight to the transport, framed, one write each.
+        await response.write(anthropic.start)
+        write = request.transport.write  # type: ignore[union-attr]
+        if delay > 0:
+            before, after = anthropic.paced_before, anthropic.paced_after
+            start = time.monotonic()
+            for i in range(anthropic.n):
+                if i:
+                    wait = start + i * delay - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                write(frame(before + str(time.time_ns()).encode() + after))
+        else:
+            for framed in anthropic.framed:
+                write(framed)
+        write(anthropic.framed_end)
         await response.write_eof()
         return response
 

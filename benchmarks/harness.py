@@ -303,6 +303,9 @@ class Harness:
                 **base,
                 "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
                 "OPENAI_API_KEY": "bench",
+                # The same fake as Anthropic's Messages API: its root URL, no /v1.
+                "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{upstream_port}",
+                "ANTHROPIC_API_KEY": "bench",
                 **env,
             },
         )
