@@ -113,6 +113,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         idempotency_key,
         orjson.dumps(chat.body, option=orjson.OPT_SORT_KEYS),
         config.accounting.idempotency_window_seconds,
+        pending_seconds=app[ROUTER].longest_request(),
     )
     stored = await claim.begin()
     if stored is not None:

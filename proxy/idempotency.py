@@ -14,10 +14,13 @@ cannot be replayed as it went.
 from __future__ import annotations
 
 import hashlib
+import logging
 
 from proxy import keys
-from proxy.errors import Conflict, IdempotencyMismatch
+from proxy.errors import Conflict, IdempotencyMismatch, ServiceUnavailable
 from proxy.store import Store
+
+log = logging.getLogger("proxy.idempotency")
 
 MAX_KEY_LENGTH = 255
 
@@ -27,18 +30,34 @@ def _digest(data: bytes | str) -> str:
 
 
 class Claim:
-    """One request's hold on an idempotency key."""
+    """One request's hold on an idempotency key.
 
-    def __init__(self, store: Store, account_id: str, key: str, body: bytes, window: int):
+    The `pending` marker lives only as long as a request can (`pending_seconds`): if its
+    instance dies, or Redis is down when the request ends, the key frees itself soon, rather
+    than answering 409 for the whole window.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        account_id: str,
+        key: str,
+        body: bytes,
+        window: int,
+        pending_seconds: float,
+    ):
         self.store = store
         self.redis_key = keys.idempotency(account_id, _digest(key))
         self.body_digest = _digest(body)
         self.window_ms = window * 1000
+        self.pending_ms = int(pending_seconds * 1000)
 
     async def begin(self) -> bytes | None:
         """Take the key; or the stored answer of an earlier request with it."""
         pending = f"pending:{self.body_digest}"
-        taken = await self.store.command("set", self.redis_key, pending, nx=True, px=self.window_ms)
+        taken = await self.store.command(
+            "set", self.redis_key, pending, nx=True, px=self.pending_ms
+        )
         if taken:
             return None
         value = await self.store.command("get", self.redis_key)
@@ -53,8 +72,17 @@ class Claim:
         return answer.encode()
 
     async def finish(self, answer: bytes) -> None:
+        """Store the answer for the window. Best effort: the answer has been served and
+        charged, so a store that is down now must not turn it into an error."""
         value = f"done:{self.body_digest}:{answer.decode()}"
-        await self.store.command("set", self.redis_key, value, xx=True, px=self.window_ms)
+        try:
+            await self.store.command("set", self.redis_key, value, xx=True, px=self.window_ms)
+        except ServiceUnavailable:
+            log.warning("an answer could not be stored for its Idempotency-Key")
 
     async def abandon(self) -> None:
-        await self.store.command("delete", self.redis_key)
+        """Free the key for the client's retry (or let the pending marker expire)."""
+        try:
+            await self.store.command("delete", self.redis_key)
+        except ServiceUnavailable:
+            log.warning("an Idempotency-Key could not be freed; it expires by itself")

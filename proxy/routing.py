@@ -67,6 +67,7 @@ class Router:
             for public, deployments in config.models.items()
         }
         self.breaker = Breaker(config.routing, metrics)
+        self.deadline = config.routing.deadline_seconds
 
     def plan(self, public_model: str) -> Route:
         """The deployments of a (validated) public model, in the order to try them now."""
@@ -85,6 +86,13 @@ class Router:
         if cooling:
             ordered = [pair for pair in ordered if pair not in cooling] + cooling
         return tuple(ordered)
+
+    def longest_request(self) -> float:
+        """An upper bound of one non-stream request's time: the retry deadline, plus the
+        longest a last attempt may then wait for its answer."""
+        slowest = max(p.config.timeouts.first_byte + p.config.timeouts.idle
+                      for p in self.providers.values())  # fmt: skip
+        return self.deadline + slowest
 
     def owner(self, public_model: str) -> str:
         """The provider that serves a model first, for the model list's `owned_by`."""

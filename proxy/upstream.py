@@ -133,6 +133,7 @@ class Upstream:
     ) -> web.StreamResponse:
         """Forward the upstream stream to the client, one event at a time."""
         out: web.StreamResponse | None = None
+        usage_sent = False  # a chunk with usage went out: the client knows its charge
         clock = time.perf_counter
         parser = SSEParser()
         idle = provider.config.timeouts.idle
@@ -158,6 +159,7 @@ class Upstream:
                         if out is None:
                             out = await self._start(request, headers, timing)
                         chunk.update(stamp)
+                        usage_sent = usage_sent or bool(chunk.get("usage"))
                         await out.write(frame(orjson.dumps(chunk)))
                 if not data:
                     break
@@ -165,6 +167,7 @@ class Upstream:
                 if out is None:
                     out = await self._start(request, headers, timing)
                 chunk.update(stamp)
+                usage_sent = usage_sent or bool(chunk.get("usage"))
                 await out.write(frame(orjson.dumps(chunk)))
             if not translator.done:
                 self.metrics.upstream_errors.labels(name, "truncated").inc()
@@ -172,9 +175,9 @@ class Upstream:
         except GatewayError as exc:
             if out is None:
                 raise
-            if translator.chat.include_usage:
+            if translator.chat.include_usage and not usage_sent:
                 # The client asked to know what it uses: a cut stream is charged what was
-                # produced, so say so before the error ends it.
+                # produced, so say so (once) before the error ends it.
                 usage = {"choices": [], "usage": translator.final_usage().as_dict(), **stamp}
                 await out.write(frame(orjson.dumps(usage)))
             await out.write(frame(orjson.dumps({"error": exc.message})))

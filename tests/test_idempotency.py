@@ -7,7 +7,13 @@ import asyncio
 import aiohttp
 
 from proxy.appkeys import ACCOUNTANT, ACCOUNTS
-from tests.conftest import FakeUpstream, GatewayFactory, eventually, openai_provider
+from tests.conftest import (
+    FakeUpstream,
+    GatewayFactory,
+    RedisServer,
+    eventually,
+    openai_provider,
+)
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
 
 MODELS = {
@@ -100,3 +106,20 @@ async def test_keys_are_per_account_and_streams_are_not_stored(
             status, data, headers = await post(session, a, body(stream=True), "streamed")
             assert status == 200 and data.endswith(b"data: [DONE]\n\n")
     assert len(fake_openai.record.requests) == 4
+
+
+async def test_a_served_answer_stays_served_when_the_store_fails_at_the_end(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str, redis_server: RedisServer
+):
+    gw = await gateway({"openai": openai_provider(fake_openai.url)}, MODELS, redis_url=redis_url)
+    async with aiohttp.ClientSession() as session:
+        first = asyncio.create_task(post(session, gw, body("woozlit/gated"), "k"))
+        await eventually(lambda: bool(fake_openai.record.requests))
+        redis_server.stop()
+        try:
+            fake_openai.record.gate.set()
+            status, data, _ = await first
+            assert status == 200  # served, and charged once Redis is back: not a 503
+            assert b'"choices"' in data
+        finally:
+            redis_server.start()
