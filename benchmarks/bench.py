@@ -36,7 +36,6 @@ import os
 import resource
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import HERE, ROOT, Harness, Proc, core_times
+from harness import HERE, ROOT, Harness, Proc, core_times, run_main
 from loadgen import (
     ANTHROPIC_MODEL,
     ANTHROPIC_PACED_MODEL,
@@ -706,21 +705,7 @@ async def amain(args: argparse.Namespace) -> int:
 def main() -> None:
     args = parse_args()
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # unwinds through `finally`, which stops the children
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        import uvloop
-    except ImportError:
-        run = asyncio.run
-    else:
-        run = uvloop.run
-    try:
-        sys.exit(run(amain(args)))
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(amain(args), "bench")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ import json
 import random
 import secrets
 import shutil
-import signal
 import socket
 import struct
 import sys
@@ -67,7 +66,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import HERE, Harness, Proc, free_port
+from harness import HERE, Harness, Proc, free_port, run_main
 from loadgen import Connection, ProtocolError
 
 MODEL = "woozlit/gpt-4o-mini"
@@ -990,21 +989,7 @@ def main() -> None:
         serve_upstream(args)
         return
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # unwinds through `finally`, which stops the children
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        import uvloop
-    except ImportError:
-        run = asyncio.run
-    else:
-        run = uvloop.run
-    try:
-        sys.exit(run(amain(args)))
-    except KeyboardInterrupt:
-        print("chaos: interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(amain(args), "chaos")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ stopped by its own pid (SIGTERM, then SIGKILL after a grace period).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -15,9 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HERE = Path(__file__).resolve().parent
@@ -321,3 +323,23 @@ class Harness:
                 proc.stop()
             except Exception as exc:  # keep stopping the others
                 print(f"bench: could not stop {proc.name} ({proc.pid}): {exc}", file=sys.stderr)
+
+
+def run_main(main: Coroutine[Any, Any, int], name: str) -> NoReturn:
+    """Run a benchmark's main coroutine (uvloop if there); SIGTERM or ^C stop its children."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through `finally`, which stops the children
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        import uvloop
+    except ImportError:
+        run: Any = asyncio.run
+    else:
+        run = uvloop.run
+    try:
+        sys.exit(run(main))
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        sys.exit(130)
