@@ -178,7 +178,6 @@ class Accountant:
                 if loop.time() >= deadline:
                     log.error("settle of %s abandoned", admission.request_id)
                     return
-                log.warning("settle of %s failed; retrying", admission.request_id)
                 await asyncio.sleep(SETTLE_RETRY_SECONDS)
                 continue
             self.metrics.tokens_charged.inc(usage.total_tokens)

@@ -140,8 +140,23 @@ class Store:
         # second, or the month Redis told us for a minute when our clock disagreed (`run`).
         self._month = ""
         self._month_until = 0.0
+        self._warned_at = float("-inf")
+        self._suppressed = 0
         self._latency = {name: metrics.redis_latency.labels(name) for name in (*SCRIPTS, "command")}
         self._errors = {name: metrics.redis_errors.labels(name) for name in (*SCRIPTS, "command")}
+
+    def _warn(self, message: str) -> None:
+        """A warning at most once a second: an outage fails every request, and one line per
+        request would bury everything else (the error counters count them all)."""
+        now = time.monotonic()
+        if now - self._warned_at >= 1.0:
+            suppressed = (
+                f" ({self._suppressed} more since the last line)" if self._suppressed else ""
+            )
+            log.warning("%s%s", message, suppressed)
+            self._warned_at, self._suppressed = now, 0
+        else:
+            self._suppressed += 1
 
     def month(self) -> str:
         now = time.time()
@@ -175,7 +190,7 @@ class Store:
                 reply = await self.scripts[name](keys=keys, args=args)
         except (*STORE_ERRORS, RedisReplyError) as exc:
             self._errors[name].inc()
-            log.warning("redis script %s failed: %s", name, exc)
+            self._warn(f"redis script {name} failed: {exc}")
             raise ServiceUnavailable("The accounting store is unavailable; retry shortly.") from exc
         self._latency[name].observe(time.perf_counter() - start)
         return reply
@@ -197,7 +212,7 @@ class Store:
             return await getattr(self.client, method)(*args, **kwargs)
         except STORE_ERRORS as exc:
             self._errors["command"].inc()
-            log.warning("redis %s failed: %s", method, exc)
+            self._warn(f"redis {method} failed: {exc}")
             raise ServiceUnavailable("The accounting store is unavailable; retry shortly.") from exc
 
     async def ping(self) -> bool:
