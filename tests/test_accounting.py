@@ -74,18 +74,19 @@ async def run_concurrently(
         return await asyncio.gather(*tasks)
 
 
-@pytest.mark.parametrize("k", [0, 1, 37])
-async def test_quota_admits_exactly_k_across_two_instances(
-    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str, k: int
-):
+async def check_quota_admits_exactly_k(
+    gateway: GatewayFactory, upstream: FakeUpstream, store_url: str, k: int
+) -> tuple[Gateway, Gateway]:
+    """300 concurrent requests through two instances sharing `store_url`, against an account
+    whose quota admits exactly k of them: exactly k pass, and `used` is what they were told."""
     account = {
         "tier": "free",
         "developer": True,
         "monthly_token_limit": k * HOLD + HOLD - 1,
         "requests_per_minute": 1000,
     }
-    a, b = await two_instances(gateway, fake_openai, redis_url, account)
-    results = await run_concurrently(a, b, fake_openai, 300)
+    a, b = await two_instances(gateway, upstream, store_url, account)
+    results = await run_concurrently(a, b, upstream, 300)
 
     ok = [body for status, body, _ in results if status == 200]
     refused = [body for status, body, _ in results if status == 429]
@@ -98,15 +99,16 @@ async def test_quota_admits_exactly_k_across_two_instances(
     assert usage["used"] == k * (PROMPT_TOKENS + COMPLETION_TOKENS)
     assert usage["requests"] == k
     assert usage["held"] == 0
+    return a, b
 
 
-async def test_rate_limit_passes_exactly_r_across_two_instances(
-    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str
-):
-    r = 25
+async def check_rate_limit_passes_exactly_r(
+    gateway: GatewayFactory, upstream: FakeUpstream, store_url: str, r: int = 25
+) -> None:
+    """The same for a per-key rate limit of r a minute: exactly r pass."""
     account = {"tier": "premium", "developer": True, "requests_per_minute": r}
-    a, b = await two_instances(gateway, fake_openai, redis_url, account)
-    results = await run_concurrently(a, b, fake_openai, 300)
+    a, b = await two_instances(gateway, upstream, store_url, account)
+    results = await run_concurrently(a, b, upstream, 300)
 
     assert sum(status == 200 for status, _, _ in results) == r
     refusals = [(body, headers) for status, body, headers in results if status == 429]
@@ -116,6 +118,19 @@ async def test_rate_limit_passes_exactly_r_across_two_instances(
         assert 1 <= int(headers["Retry-After"]) <= 60
         assert headers["x-ratelimit-remaining-requests"] == "0"
         assert headers["x-ratelimit-limit-requests"] == str(r)
+
+
+@pytest.mark.parametrize("k", [0, 1, 37])
+async def test_quota_admits_exactly_k_across_two_instances(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str, k: int
+):
+    await check_quota_admits_exactly_k(gateway, fake_openai, redis_url, k)
+
+
+async def test_rate_limit_passes_exactly_r_across_two_instances(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str
+):
+    await check_rate_limit_passes_exactly_r(gateway, fake_openai, redis_url)
 
 
 async def test_rate_limit_headers_on_every_answer(

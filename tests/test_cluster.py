@@ -37,13 +37,11 @@ from tests.conftest import (
 )
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
 from tests.test_accounting import (
-    HOLD,
     MESSAGES,
     MODELS,
-    QUOTA_MESSAGE,
     chat,
-    run_concurrently,
-    two_instances,
+    check_quota_admits_exactly_k,
+    check_rate_limit_passes_exactly_r,
     usage_of,
 )
 
@@ -332,43 +330,14 @@ async def test_scripts_reloaded_after_script_flush_on_one_primary(
 async def test_quota_admits_exactly_k_across_two_instances(
     gateway: GatewayFactory, fake_openai: FakeUpstream, cluster_url: str, k: int
 ):
-    account = {
-        "tier": "free",
-        "developer": True,
-        "monthly_token_limit": k * HOLD + HOLD - 1,
-        "requests_per_minute": 1000,
-    }
-    a, b = await two_instances(gateway, fake_openai, cluster_url, account)
+    a, b = await check_quota_admits_exactly_k(gateway, fake_openai, cluster_url, k)
     assert a.app[STORE].cluster and b.app[STORE].cluster
-    results = await run_concurrently(a, b, fake_openai, 300)
-
-    ok = [body for status, body, _ in results if status == 200]
-    refused = [body for status, body, _ in results if status == 429]
-    assert len(ok) == k
-    assert len(refused) == 300 - k
-    assert all(body == {"error": QUOTA_MESSAGE} for body in refused)
-    await b.app[ACCOUNTANT].flush()
-    usage = await usage_of(a)
-    assert usage["used"] == sum(body["usage"]["total_tokens"] for body in ok)
-    assert usage["used"] == k * TOKENS
-    assert usage["requests"] == k
-    assert usage["held"] == 0
 
 
 async def test_rate_limit_passes_exactly_r_across_two_instances(
     gateway: GatewayFactory, fake_openai: FakeUpstream, cluster_url: str
 ):
-    r = 25
-    account = {"tier": "premium", "developer": True, "requests_per_minute": r}
-    a, b = await two_instances(gateway, fake_openai, cluster_url, account)
-    results = await run_concurrently(a, b, fake_openai, 300)
-
-    assert sum(status == 200 for status, _, _ in results) == r
-    refusals = [(body, headers) for status, body, headers in results if status == 429]
-    assert len(refusals) == 300 - r
-    for body, headers in refusals:
-        assert "Rate limit" in body["error"]
-        assert 1 <= int(headers["Retry-After"]) <= 60
+    await check_rate_limit_passes_exactly_r(gateway, fake_openai, cluster_url)
 
 
 @dataclass
