@@ -12,7 +12,9 @@ LOAD, on one socket per process, auto-pipelined in the way of ioredis and rueidi
   connection;
 - one watchdog timer per connection, not one per call: when the oldest reply is later than
   the timeout, the connection is dropped and every pending call fails at once (Redis answers
-  in order, so the later ones are late too);
+  in order, so the later ones are late too). Not when the watchdog itself ran late: then our
+  own event loop was blocked (a turn of thousands of callbacks), replies may be sitting
+  unread in the socket, and blaming Redis would turn a stall of ours into an outage;
 - a lost connection fails every pending call at once, and the next call reconnects; a
   restarted Redis has an empty script cache, which NOSCRIPT reloads transparently.
 
@@ -61,6 +63,7 @@ class _Protocol(asyncio.Protocol):
         self.outgoing: list[bytes] = []
         self.closed = False
         self.watching = False
+        self.watched_at = 0.0  # when the watchdog last ran
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
@@ -95,6 +98,7 @@ class _Protocol(asyncio.Protocol):
         self.waiting.append((future, loop.time() + self.timeout))
         if not self.watching:
             self.watching = True
+            self.watched_at = loop.time()
             loop.call_later(self.timeout / 2, self.watch)
         return future
 
@@ -102,11 +106,15 @@ class _Protocol(asyncio.Protocol):
         if self.closed or not self.waiting:
             self.watching = False
             return
-        if self.waiting[0][1] < asyncio.get_running_loop().time():
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        late = now - self.watched_at > self.timeout  # due after timeout / 2: the loop stalled
+        self.watched_at = now
+        if self.waiting[0][1] < now and not late:
             self.watching = False
             self.fail(f"Redis did not answer within {self.timeout} s")
             return
-        asyncio.get_running_loop().call_later(self.timeout / 2, self.watch)
+        loop.call_later(self.timeout / 2, self.watch)
 
     def flush(self) -> None:
         if self.outgoing and self.transport is not None and not self.closed:
@@ -125,6 +133,7 @@ class PipelinedScripts:
     def __init__(self, params: dict[str, Any], scripts: dict[str, str], timeout: float):
         self.params = params
         self.timeout = timeout
+        self.connect_timeout = max(5 * timeout, 5.0)
         self.sources = {name: source.encode() for name, source in scripts.items()}
         self.shas = {name: hashlib.sha1(src).hexdigest() for name, src in self.sources.items()}
         self._protocol: _Protocol | None = None
@@ -135,19 +144,28 @@ class PipelinedScripts:
         if protocol is not None and not protocol.closed:
             return protocol
         if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-        connecting = self._connecting
+            self._connecting = connecting = asyncio.ensure_future(self._connect())
+            connecting.add_done_callback(self._connect_done)
+        # A caller waits `timeout` at most; the attempt itself goes on for `connect_timeout`,
+        # so that a loop too busy to see the connection complete in time (thousands of
+        # requests failing fast while Redis was away) still gets it for the next caller.
         try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done():
-                self._connecting = None
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.shield(self._connecting)
+        except TimeoutError as exc:
+            raise RedisConnectionError(f"cannot connect to Redis within {self.timeout} s") from exc
+
+    def _connect_done(self, connecting: asyncio.Future[_Protocol]) -> None:
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # seen: the callers that waited had it raised
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         p = self.params
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.connect_timeout):
                 factory = partial(_Protocol, self.timeout)
                 if p.get("path"):
                     _, protocol = await loop.create_unix_connection(factory, p["path"])
@@ -164,7 +182,7 @@ class PipelinedScripts:
                 for reply in setup:
                     await reply
         except (OSError, TimeoutError, RedisReplyError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+            raise RedisConnectionError(f"cannot connect to Redis: {exc or 'timed out'}") from exc
         self._protocol = protocol
         return protocol
 

@@ -4,6 +4,7 @@ cancelled calls, a killed connection, a flushed script cache, a server that is g
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -64,6 +65,35 @@ async def test_a_late_reply_fails_the_calls_and_the_next_reconnects(redis_url: s
     assert loop.time() - started < 0.3
     await asyncio.sleep(0.4)  # Redis is single-threaded: it answers once the slow script ends
     assert await conn.evalsha("echo", [], ["after"]) == "after"
+    conn.close()
+
+
+async def test_a_stalled_event_loop_is_not_blamed_on_redis(redis_url: str):
+    # Our own loop blocked past the timeout (a turn with thousands of callbacks): the reply
+    # came in meanwhile and sits unread; the watchdog, running late, must not drop it.
+    port = int(redis_url.split(":")[2].split("/")[0])
+    conn = PipelinedScripts({"host": "127.0.0.1", "port": port}, SCRIPTS, timeout=0.1)
+    assert await conn.evalsha("echo", [], ["warm"]) == "warm"
+    call = asyncio.ensure_future(conn.evalsha("echo", [], ["during"]))
+    await asyncio.sleep(0)  # the command is written
+    time.sleep(0.3)  # the loop is blocked for three timeouts
+    assert await call == "during"
+    conn.close()
+
+
+async def test_a_connect_the_caller_gave_up_on_serves_the_next(redis_url: str):
+    port = int(redis_url.split(":")[2].split("/")[0])
+    conn = PipelinedScripts({"host": "127.0.0.1", "port": port}, SCRIPTS, timeout=0.1)
+    call = asyncio.ensure_future(conn.evalsha("echo", [], ["first"]))
+    await asyncio.sleep(0)  # the connect has begun
+    time.sleep(0.3)  # the loop is blocked: the caller's 0.1 s are over before it sees anything
+    with pytest.raises(RedisConnectionError, match="within 0.1 s"):
+        await call
+    await asyncio.sleep(0.05)
+    protocol = conn._protocol
+    assert protocol is not None and not protocol.closed  # the attempt went on, and connected
+    assert await conn.evalsha("echo", [], ["next"]) == "next"
+    assert conn._protocol is protocol
     conn.close()
 
 
