@@ -11,7 +11,6 @@ whose `handle_error` is ours (tests/test_hostile.py's corpus guards it across up
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from proxy import gc_policy
 from proxy.app import create_app, error_response
 from proxy.appkeys import BOOTSTRAP_KEY, STATE
 from proxy.config import Config
@@ -95,10 +95,9 @@ async def serve(config: Config, host: str, port: int) -> None:
     worker = os.environ.get(WORKER_ENV)
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=worker is not None)
     await site.start()
-    # Everything made so far (modules, config, pools) lives as long as the process: keep it
-    # out of the collector's scans, so full collections stay short under many open streams.
-    gc.collect()
-    gc.freeze()
+    # Full collections scan only what is new: pauses stay short under many open streams.
+    gc_policy.install()
+    full_collections = asyncio.create_task(gc_policy.full_collections())
     sockets = getattr(site._server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     if BOOTSTRAP_KEY in app:
@@ -118,4 +117,6 @@ async def serve(config: Config, host: str, port: int) -> None:
     await asyncio.sleep(grace)
     log.info("no longer listening; finishing in-flight requests (up to %ss)", drain)
     await runner.cleanup()
+    full_collections.cancel()
+    gc_policy.uninstall()
     log.info("stopped")

@@ -1,0 +1,67 @@
+"""Garbage collection for a process that holds many connections open for a long time.
+
+With 9,744 streams open, one worker holds about a million objects the cyclic collector
+tracks, and each of CPython's full collections scans them all: up to 0.7 s during which no
+chunk moves. Almost none of it is garbage: the collections of such a run found 0 objects,
+because what a stream leaves behind is freed by reference counting when the stream ends.
+
+So whatever survives a collection of the older generations is frozen (`gc.freeze()`: out of
+the collector's sight, still freed by reference counting), and each collection scans only
+what was made since the last one. Cycles among frozen objects (an exception and its
+traceback, say) would be kept, so every FULL_EVERY seconds everything is unfrozen and
+collected once: one long pause (about 0.7 s at 9,744 streams), rarely.
+
+Measured with 9,744 streams of 20 chunks 1 s apart, each connection starting a new stream
+when one ends (three in a row), one worker with Redis: chunk delay p50 / p99 0.5 / 115-150 ms
+with this policy, 404 / 1,352 ms without (the collector's pauses alone overloaded the
+worker); RSS the same after a second such run (440 MB). With every stream open and none
+starting (bench.py --open-streams): p99 3.95 ms with it, 4.71 ms without.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from typing import Any
+
+log = logging.getLogger("proxy.gc")
+
+FULL_EVERY = 300.0  # seconds between the collections that see everything
+
+
+def _freeze_survivors(phase: str, info: dict[str, Any]) -> None:
+    if phase == "stop" and info["generation"] >= 1:
+        gc.freeze()
+
+
+def install() -> None:
+    """Freeze what survives each collection of the older generations, starting now."""
+    gc.collect()
+    gc.freeze()
+    if _freeze_survivors not in gc.callbacks:
+        gc.callbacks.append(_freeze_survivors)
+
+
+def uninstall() -> None:
+    if _freeze_survivors in gc.callbacks:
+        gc.callbacks.remove(_freeze_survivors)
+    gc.unfreeze()
+
+
+def collect_everything() -> int:
+    """Unfreeze, collect all generations, freeze again; the number of objects collected."""
+    gc.unfreeze()
+    return gc.collect()  # the callback freezes the survivors
+
+
+async def full_collections(every: float = FULL_EVERY) -> None:
+    """Run forever: a collection that sees every object, each `every` seconds."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every)
+        since = loop.time()
+        found = collect_everything()
+        log.debug(
+            "full collection: %d unreachable objects, %.1f ms", found, (loop.time() - since) * 1e3
+        )
