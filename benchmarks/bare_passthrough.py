@@ -48,8 +48,9 @@ def create_app(upstream: str) -> web.Application:
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         # No pool limit (the default is 100): the client decides the concurrency, as it
-        # does for the gateway.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        # does for the gateway. Idle connections close after aiohttp's default 15 s, as the
+        # gateway's do (see bench.py's wait_connections_gone).
+        connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
             app[SESSION] = session
             yield

@@ -67,6 +67,27 @@ def cpu_ticks(pids: Iterable[int]) -> int:
     return total
 
 
+def time_wait_sockets() -> int:
+    """TCP sockets in TIME_WAIT on this machine (/proc/net/sockstat), 0 if unknown."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    return int(fields[fields.index("tw") + 1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def open_fds(pid: int) -> int:
+    """Open file descriptors of one process (0 if it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 def rss_kib(pids: Iterable[int]) -> int:
     """Sum of VmRSS (shared pages of forked workers are counted once per process)."""
     total = 0

@@ -84,7 +84,18 @@ class Target:
 class StreamStats:
     """Per-stream SSE bookkeeping: event count, [DONE], and for paced streams the delays."""
 
-    __slots__ = ("content_events", "delays", "done", "events", "paced", "reads", "tail", "window")
+    __slots__ = (
+        "content_events",
+        "delays",
+        "done",
+        "events",
+        "first_arrival",
+        "paced",
+        "reads",
+        "sent",
+        "tail",
+        "window",
+    )
 
     def __init__(self, paced: bool, window: tuple[int, int] | None = None):
         self.paced = paced
@@ -94,6 +105,8 @@ class StreamStats:
         self.content_events = 0  # events that carry a send stamp (paced streams)
         self.reads: set[int] = set()  # which socket reads delivered stamped events
         self.delays: list[int] = []  # ns, receive minus upstream send
+        self.sent: list[int] = []  # ns, upstream send of each delay's chunk
+        self.first_arrival = 0  # ns, when the first stamped chunk arrived (0: none yet)
         self.done = False
 
     def feed(self, data: bytes, t_ns: int, read_id: int) -> None:
@@ -113,8 +126,10 @@ class StreamStats:
                     self.content_events += 1
                     self.reads.add(read_id)
                     sent = int(found.group(1))
+                    self.first_arrival = self.first_arrival or t_ns
                     if self.window is None or self.window[0] <= sent <= self.window[1]:
                         self.delays.append(t_ns - sent)
+                        self.sent.append(sent)
 
 
 class Connection(asyncio.Protocol):
@@ -271,6 +286,7 @@ class LoadResult:
     paced_streams: int = 0
     paced_separate: int = 0  # streams whose stamped chunks all came in separate reads
     paced_complete: int = 0  # streams with the expected number of stamped chunks
+    all_open_s: float = 0.0  # with all_open: how long every stream was open at once
 
     def merge(self, other: LoadResult) -> None:
         self.ok += other.ok
@@ -285,6 +301,7 @@ class LoadResult:
         self.paced_streams += other.paced_streams
         self.paced_separate += other.paced_separate
         self.paced_complete += other.paced_complete
+        self.all_open_s += other.all_open_s
 
     @property
     def rate(self) -> float:
@@ -302,14 +319,20 @@ async def run_load(
     chunks: int = 20,
     stagger: float = 0.0,
     delay_window: tuple[float, float] | None = None,
+    all_open: bool = False,
 ) -> LoadResult:
     """Drive `concurrency` connections for `duration` seconds or until `total` requests.
 
     Connection i starts `stagger * i` seconds after the first. With `delay_window` (seconds
     from the start), paced streams keep the delays of the chunks sent within it only, e.g.
-    the time when every stream is open, leaving out the ramp up and down.
+    the time when every stream is open, leaving out the ramp up and down. With `all_open`
+    (one stream per connection), they keep only the chunks sent while every stream was
+    open, as the client saw it: after the last stream's first chunk arrived, before the
+    first stream's last chunk was sent.
     """
     assert (duration is None) != (total is None)
+    assert not all_open or total == concurrency, "all_open: one stream per connection"
+    finished: list[StreamStats] = []
     loop = asyncio.get_running_loop()
     request = target.request(body)
     result = LoadResult()
@@ -374,7 +397,10 @@ async def run_load(
                         result.streams_without_done += 1
                     if stream.paced:
                         result.paced_streams += 1
-                        result.delays_ns += stream.delays
+                        if all_open:
+                            finished.append(stream)
+                        else:
+                            result.delays_ns += stream.delays
                         if stream.content_events == chunks:
                             result.paced_complete += 1
                             if len(stream.reads) == chunks:
@@ -385,6 +411,14 @@ async def run_load(
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     result.elapsed = time.monotonic() - started
+    if finished and all(s.sent for s in finished):
+        opened = max(s.first_arrival for s in finished)
+        closing = min(s.sent[-1] for s in finished)
+        result.all_open_s = max(closing - opened, 0) / 1e9
+        for s in finished:
+            result.delays_ns += [
+                d for d, t in zip(s.delays, s.sent, strict=True) if opened <= t <= closing
+            ]
     return result
 
 

@@ -195,6 +195,12 @@ def figures(bench: Bench) -> list[Row]:
                 "open",
             ),
             Row(
+                "open streams: seconds with every stream open (delays counted)",
+                per("open", lambda r: r.all_open_s),
+                "higher",
+                "open",
+            ),
+            Row(
                 "open streams: peak RSS (MB)",
                 {k: m.peak_rss_kib / 1024 or None for k, m in res["open"].items()},
                 "lower",
