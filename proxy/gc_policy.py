@@ -12,10 +12,9 @@ traceback, say) would be kept, so every FULL_EVERY seconds everything is unfroze
 collected once: one long pause (about 0.7 s at 9,744 streams), rarely.
 
 Measured with 9,744 streams of 20 chunks 1 s apart, each connection starting a new stream
-when one ends (three in a row), one worker with Redis: chunk delay p50 / p99 0.5 / 115-150 ms
-with this policy, 404 / 1,352 ms without (the collector's pauses alone overloaded the
-worker); RSS the same after a second such run (440 MB). With every stream open and none
-starting (bench.py --open-streams): p99 3.95 ms with it, 4.71 ms without.
+when one ends (three in a row), one worker with Redis: chunk delay p50 / p99 0.5 / 114-153
+ms with this policy, 404 / 1,352 ms without; RSS 440 MB after one such run and 442 MB after a
+second. With every stream open and none starting (bench.py --open-streams): p99 1.7 ms.
 """
 
 from __future__ import annotations
