@@ -97,7 +97,7 @@ async def serve(config: Config, host: str, port: int) -> None:
     await site.start()
     # Full collections scan only what is new: pauses stay short under many open streams.
     gc_policy.install()
-    full_collections = asyncio.create_task(gc_policy.full_collections())
+    collections = asyncio.create_task(gc_policy.collections())
     sockets = getattr(site._server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     if BOOTSTRAP_KEY in app:
@@ -117,6 +117,6 @@ async def serve(config: Config, host: str, port: int) -> None:
     await asyncio.sleep(grace)
     log.info("no longer listening; finishing in-flight requests (up to %ss)", drain)
     await runner.cleanup()
-    full_collections.cancel()
+    collections.cancel()
     gc_policy.uninstall()
     log.info("stopped")

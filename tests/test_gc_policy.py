@@ -3,6 +3,7 @@ collection still finds cycles that were frozen while they were alive."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 
@@ -33,3 +34,14 @@ def test_survivors_are_frozen_and_full_collection_finds_frozen_cycles():
         gc_policy.uninstall()
     assert gc.get_freeze_count() == 0
     assert gc_policy._freeze_survivors not in gc.callbacks
+
+
+async def test_collections_run_young_ones_on_a_clock_and_full_ones_rarely(monkeypatch):
+    seen: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: seen.append(generation) or 0)
+    monkeypatch.setattr(gc, "unfreeze", lambda: None)
+    task = asyncio.create_task(gc_policy.collections(young_every=0.01, full_every=0.2))
+    await asyncio.sleep(0.35)
+    task.cancel()
+    assert seen.count(1) >= 10
+    assert seen.count(2) == 1
