@@ -52,6 +52,7 @@ from harness import HERE, ROOT, Harness, Proc, core_times, open_fds, run_main, t
 from loadgen import (
     ANTHROPIC_MODEL,
     ANTHROPIC_PACED_MODEL,
+    CHURN_STREAMS,
     MODEL,
     OPEN_MODEL,
     OPEN_MS,
@@ -411,7 +412,7 @@ class Bench:
                 for subject in order:
                     if subject.failed or (phase.requests and r) or not measured(phase, subject):
                         continue
-                    if phase.name == "open":
+                    if phase.name in ("open", "churn"):
                         await self.wait_connections_gone()
                     await self.wait_quiet()
                     seconds = phase.seconds if phase.requests else phase.seconds / a.rounds
@@ -536,6 +537,25 @@ class Bench:
                     all_open=True,
                 )
             )
+        if a.churn:
+            # The same connections, each running CHURN_STREAMS streams in a row: streams end
+            # and start all the time, as in production. Delays count after the ramp, until
+            # the first connection's last stream ends.
+            n = a.open_streams
+            life = (a.chunks - 1) * OPEN_MS / 1000
+            phases.append(
+                Phase(
+                    "churn",
+                    "paced",
+                    n,
+                    OPEN_RAMP + CHURN_STREAMS * life + 10,
+                    stagger=OPEN_RAMP / n,
+                    model=OPEN_MODEL,
+                    requests=n * CHURN_STREAMS,
+                    sample_rss=True,
+                    delay_window=(OPEN_RAMP + 2, CHURN_STREAMS * life - 2),
+                )
+            )
         return phases
 
     async def measure_background(self, seconds: float) -> None:
@@ -615,6 +635,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "delay and peak RSS (issue 7 asks for 10000)",
     )
     p.add_argument(
+        "--churn",
+        action="store_true",
+        help=f"with --open-streams N: also N connections running {CHURN_STREAMS} such streams "
+        "each in a row, so that streams end and start all the time: chunk delay and peak RSS",
+    )
+    p.add_argument(
         "--anthropic-paced",
         action="store_true",
         help="also measure the paced streams through the gateway's Anthropic provider "
@@ -686,6 +712,9 @@ def open_streams_possible(streams: int) -> int:
 async def amain(args: argparse.Namespace) -> int:
     started = time.time()
     notes = []
+    if args.churn and not args.open_streams:
+        print("bench: --churn needs --open-streams N", file=sys.stderr)
+        return 2
     if args.open_streams:
         possible = open_streams_possible(args.open_streams)
         if possible < args.open_streams:

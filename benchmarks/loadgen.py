@@ -33,6 +33,7 @@ PACED_MS = 20  # must match a -paced<MS> model in gateway.yaml
 PACED_MODEL = f"woozlit/gpt-4o-mini-paced{PACED_MS}"
 OPEN_MS = 1000  # pacing of the --open-streams phase
 OPEN_MODEL = f"woozlit/gpt-4o-mini-paced{OPEN_MS}"
+CHURN_STREAMS = 3  # streams in a row on each connection of bench.py --churn
 # The same through the gateway's Anthropic provider (bench.py --anthropic-paced).
 ANTHROPIC_MODEL = "woozlit/claude"
 ANTHROPIC_PACED_MODEL = f"woozlit/claude-paced{PACED_MS}"

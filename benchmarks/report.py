@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
-from loadgen import OPEN_MS, PACED_MS, LoadResult, percentile
+from loadgen import CHURN_STREAMS, OPEN_MS, PACED_MS, LoadResult, percentile
 
 if TYPE_CHECKING:
     from bench import Bench, Measured
@@ -205,6 +205,34 @@ def figures(bench: Bench) -> list[Row]:
                 {k: m.peak_rss_kib / 1024 or None for k, m in res["open"].items()},
                 "lower",
                 "open",
+            ),
+        ]
+    if "churn" in res:
+        n = a.open_streams
+        rows += [
+            Row(
+                f"churning streams ({n:,} connections, {CHURN_STREAMS} each): delay p50 (ms)",
+                per("churn", lambda r: pct(r.delays_ns, 50)),
+                "lower",
+                "churn",
+            ),
+            Row(
+                "churning streams: chunk delay p99 (ms)",
+                per("churn", lambda r: pct(r.delays_ns, 99)),
+                "lower",
+                "churn",
+            ),
+            Row(
+                "churning streams: streams with every chunk (%)",
+                per("churn", lambda r: 100 * r.paced_complete / (n * CHURN_STREAMS)),
+                "higher",
+                "churn",
+            ),
+            Row(
+                "churning streams: peak RSS (MB)",
+                {k: m.peak_rss_kib / 1024 or None for k, m in res["churn"].items()},
+                "lower",
+                "churn",
             ),
         ]
     rows += [
