@@ -205,6 +205,8 @@ class PipelinedScripts:
         return await protocol.send(command)
 
     def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()  # an attempt going on must not connect after this
         if self._protocol is not None:
             self._protocol.close()
             self._protocol = None
