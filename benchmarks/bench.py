@@ -521,41 +521,28 @@ class Bench:
             # Issue 7: many slow streams open at once. The connections open over a ramp of
             # OPEN_RAMP seconds (10,000 at once would measure a connection storm, not open
             # streams); delays count only while every stream is open, as the client saw it:
-            # from the last stream's first chunk to the first stream's last.
+            # from the last stream's first chunk to the first stream's last. With --churn,
+            # the same connections again, each running CHURN_STREAMS streams in a row:
+            # streams end and start all the time, as in production; delays count after the
+            # ramp, until the first connection's last stream ends.
             n = a.open_streams
             life = (a.chunks - 1) * OPEN_MS / 1000
+            many = {"stagger": OPEN_RAMP / n, "model": OPEN_MODEL, "sample_rss": True}
             phases.append(
-                Phase(
-                    "open",
-                    "paced",
-                    n,
-                    OPEN_RAMP + life + 5,
-                    stagger=OPEN_RAMP / n,
-                    model=OPEN_MODEL,
-                    requests=n,
-                    sample_rss=True,
-                    all_open=True,
-                )
+                Phase("open", "paced", n, OPEN_RAMP + life + 5, requests=n, all_open=True, **many)
             )
-        if a.churn:
-            # The same connections, each running CHURN_STREAMS streams in a row: streams end
-            # and start all the time, as in production. Delays count after the ramp, until
-            # the first connection's last stream ends.
-            n = a.open_streams
-            life = (a.chunks - 1) * OPEN_MS / 1000
-            phases.append(
-                Phase(
-                    "churn",
-                    "paced",
-                    n,
-                    OPEN_RAMP + CHURN_STREAMS * life + 10,
-                    stagger=OPEN_RAMP / n,
-                    model=OPEN_MODEL,
-                    requests=n * CHURN_STREAMS,
-                    sample_rss=True,
-                    delay_window=(OPEN_RAMP + 2, CHURN_STREAMS * life - 2),
+            if a.churn:
+                phases.append(
+                    Phase(
+                        "churn",
+                        "paced",
+                        n,
+                        OPEN_RAMP + CHURN_STREAMS * life + 10,
+                        requests=n * CHURN_STREAMS,
+                        delay_window=(OPEN_RAMP + 2, CHURN_STREAMS * life - 2),
+                        **many,
+                    )
                 )
-            )
         return phases
 
     async def measure_background(self, seconds: float) -> None:

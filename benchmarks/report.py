@@ -173,68 +173,50 @@ def figures(bench: Bench) -> list[Row]:
                 "paced-anthropic",
             ),
         ]
+
+    def many_streams(phase: str, title: str, what: str, streams: int) -> list[Row]:
+        """The rows of --open-streams and --churn: delays, completeness, peak RSS."""
+        window = Row(
+            f"{what}: seconds with every stream open (delays counted)",
+            per(phase, lambda r: r.all_open_s),
+            "higher",
+            phase,
+        )
+        return [
+            Row(
+                f"{title}: delay p50 (ms)",
+                per(phase, lambda r: pct(r.delays_ns, 50)),
+                "lower",
+                phase,
+            ),
+            Row(
+                f"{what}: chunk delay p99 (ms)",
+                per(phase, lambda r: pct(r.delays_ns, 99)),
+                "lower",
+                phase,
+            ),
+            Row(
+                f"{what}: streams with every chunk (%)",
+                per(phase, lambda r: 100 * r.paced_complete / streams),
+                "higher",
+                phase,
+            ),
+            *([window] if phase == "open" else []),  # --churn counts a fixed window
+            Row(
+                f"{what}: peak RSS (MB)",
+                {k: m.peak_rss_kib / 1024 or None for k, m in res[phase].items()},
+                "lower",
+                phase,
+            ),
+        ]
+
+    streams = a.open_streams
     if "open" in res:
-        n = a.open_streams
-        rows += [
-            Row(
-                f"open streams ({n:,}, {OPEN_MS} ms apart): delay p50 (ms)",
-                per("open", lambda r: pct(r.delays_ns, 50)),
-                "lower",
-                "open",
-            ),
-            Row(
-                "open streams: chunk delay p99 (ms)",
-                per("open", lambda r: pct(r.delays_ns, 99)),
-                "lower",
-                "open",
-            ),
-            Row(
-                "open streams: streams with every chunk (%)",
-                per("open", lambda r: 100 * r.paced_complete / n),
-                "higher",
-                "open",
-            ),
-            Row(
-                "open streams: seconds with every stream open (delays counted)",
-                per("open", lambda r: r.all_open_s),
-                "higher",
-                "open",
-            ),
-            Row(
-                "open streams: peak RSS (MB)",
-                {k: m.peak_rss_kib / 1024 or None for k, m in res["open"].items()},
-                "lower",
-                "open",
-            ),
-        ]
+        title = f"open streams ({streams:,}, {OPEN_MS} ms apart)"
+        rows += many_streams("open", title, "open streams", streams)
     if "churn" in res:
-        n = a.open_streams
-        rows += [
-            Row(
-                f"churning streams ({n:,} connections, {CHURN_STREAMS} each): delay p50 (ms)",
-                per("churn", lambda r: pct(r.delays_ns, 50)),
-                "lower",
-                "churn",
-            ),
-            Row(
-                "churning streams: chunk delay p99 (ms)",
-                per("churn", lambda r: pct(r.delays_ns, 99)),
-                "lower",
-                "churn",
-            ),
-            Row(
-                "churning streams: streams with every chunk (%)",
-                per("churn", lambda r: 100 * r.paced_complete / (n * CHURN_STREAMS)),
-                "higher",
-                "churn",
-            ),
-            Row(
-                "churning streams: peak RSS (MB)",
-                {k: m.peak_rss_kib / 1024 or None for k, m in res["churn"].items()},
-                "lower",
-                "churn",
-            ),
-        ]
+        title = f"churning streams ({streams:,} connections, {CHURN_STREAMS} each)"
+        rows += many_streams("churn", title, "churning streams", streams * CHURN_STREAMS)
     rows += [
         Row(
             f"RSS at {when} of the run (MB)",
