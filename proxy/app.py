@@ -50,6 +50,9 @@ from proxy.upstream import Upstream
 log = logging.getLogger("proxy")
 
 API_PREFIXES = ("/api/woozlit/v1", "/v1")
+# The `Server` header of every answer: the gateway, never its stack (aiohttp's default names
+# the versions of Python and aiohttp). server.py sets it on the answers made before the app.
+SERVER = "woozlit-gateway"
 MODELS_CREATED = 1733011200  # 2024-12-01, when the model list was set; stable for clients
 HTTP_MESSAGES = {
     404: "Not found.",
@@ -120,6 +123,11 @@ def _log_access(request: web.Request, fields: dict[str, Any], started: float) ->
     fields["path"] = route.canonical if route is not None else "-"  # never a raw path
     fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
     request.app[ACCESS_LOG].write(fields)
+
+
+async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer of the app, streams included, as its headers are about to go out."""
+    response.headers["Server"] = SERVER
 
 
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:
@@ -231,6 +239,9 @@ def create_app(
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(session_ctx)
     app.on_cleanup.append(_flush_access_log)
+    # Here rather than in edge_middleware: a stream sends its headers before the middleware
+    # sees its response, and the expect handler's 417 never passes through it.
+    app.on_response_prepare.append(name_the_server)
 
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/healthz", healthz),

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy import gc_policy
-from proxy.app import create_app, error_response
+from proxy.app import SERVER, create_app, error_response
 from proxy.appkeys import BOOTSTRAP_KEY, STATE
 from proxy.config import Config
 from proxy.workers import WORKER_ENV
@@ -51,6 +51,7 @@ class _Handler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("an answer was already under way; closing the connection")
         response = error_response(status, PROTOCOL_MESSAGES.get(status, "Bad request."))
+        response.headers["Server"] = SERVER  # the app's on_response_prepare never sees these
         response.force_close()
         return response
 

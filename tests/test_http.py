@@ -21,7 +21,14 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from proxy.appkeys import UPSTREAM
-from tests.conftest import FakeUpstream, Gateway, GatewayFactory, free_port, openai_provider
+from tests.conftest import (
+    ADMIN_TOKEN,
+    FakeUpstream,
+    Gateway,
+    GatewayFactory,
+    free_port,
+    openai_provider,
+)
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT
 
 PROVIDER_KEY = "sk-test-provider-key"  # what openai_provider() configures
@@ -852,3 +859,99 @@ async def test_each_chunk_is_forwarded_as_it_arrives(gw, http, fake_openai):
     # The five paced chunks (after the role chunk) came apart, as the upstream sent them.
     gaps = [b - a for a, b in itertools.pairwise(received[:6])]
     assert all(gap > fake_openai.record.delay / 2 for gap in gaps), gaps
+
+
+# -- the Server header --------------------------------------------------------------------
+
+SERVER = "woozlit-gateway"
+
+
+def assert_names_only_the_gateway(headers: list[tuple[str, str]], what: str) -> None:
+    """One `Server: woozlit-gateway`, and no header that names Python or aiohttp."""
+    assert [v for k, v in headers if k.lower() == "server"] == [SERVER], (what, headers)
+    for name, value in headers:
+        assert "python" not in value.lower() and "aiohttp" not in value.lower(), (what, name)
+
+
+async def raw_exchange(port: int, data: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """(status, headers, raw body) of the one answer to `data`, read to the server's close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        async with asyncio.timeout(10):
+            raw = await reader.read(-1)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines)]
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_every_answer_names_the_gateway(gw, http):
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    answers = {
+        "stream": await chat(http, gw, {"model": MODEL, "messages": HELLO}),
+        "json": await chat(http, gw, with_()),
+        "400": await chat(http, gw, with_(temperature=5)),
+        "401": await chat(http, gw, with_(), {"Authorization": "Bearer nope"}),
+        "404": await send(http, "GET", gw.base_url + "/nope"),
+        "405": await send(http, "GET", gw.api + "/chat/completions"),
+        "413": await chat(http, gw, with_(messages=[{"role": "user", "content": "x" * 2000}])),
+        "417": await chat(http, gw, with_(), {"Expect": "200-ok"}),
+        "431 (aiohttp's parser)": await send(
+            http, "GET", gw.base_url + "/healthz", headers={"X-Big": "x" * 9000}
+        ),
+        "502": await chat(http, gw, with_(model="woozlit/refused")),
+        "models": await send(http, "GET", gw.api + "/models", headers=gw.auth()),
+        "usage": await send(http, "GET", gw.api + "/usage", headers=gw.auth()),
+        "healthz": await send(http, "GET", gw.base_url + "/healthz"),
+        "readyz": await send(http, "GET", gw.base_url + "/readyz"),
+        "metrics": await send(http, "GET", gw.base_url + "/metrics"),
+        "admin": await send(
+            http, "GET", gw.base_url + f"/admin/v1/accounts/{gw.account_id}", headers=admin
+        ),
+        "admin 401": await send(http, "GET", gw.base_url + "/admin/v1/accounts/x"),
+    }
+    assert answers["stream"].headers["Content-Type"].startswith("text/event-stream")
+    assert answers["417"].status == 417
+    assert 400 <= answers["431 (aiohttp's parser)"].status < 500
+    for name, answer in answers.items():
+        assert_names_only_the_gateway(list(answer.headers.items()), name)
+
+
+async def test_server_header_on_the_wire(gw):
+    """Over a raw socket: aiohttp's own answers to malformed HTTP, and a streamed answer."""
+    port = gw.server.port
+    malformed = {
+        "request line": b"NOT AN HTTP REQUEST LINE\r\n\r\n",
+        "version": b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+        "content-length": b"POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",
+        "header": b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
+    }
+    for name, data in malformed.items():
+        status, headers, body = await raw_exchange(port, data)
+        assert status == 400, (name, body)
+        assert orjson.loads(body) == {"error": "Malformed HTTP request."}
+        assert_names_only_the_gateway(headers, name)
+
+    one = orjson.dumps({"model": MODEL, "messages": HELLO, "stream": True})
+    status, headers, body = await raw_exchange(
+        port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + gw.api_key.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(one) + one,
+    )
+    assert status == 200
+    assert dict(headers)["Content-Type"].startswith("text/event-stream")
+    assert b"data: [DONE]\n\n" in body
+    assert_names_only_the_gateway(headers, "stream")
+
+
+async def test_upstream_requests_do_not_name_the_stack(gw, http, fake_openai):
+    assert (await chat(http, gw, with_())).status == 200
+    assert (await chat(http, gw, {"model": MODEL, "messages": HELLO})).status == 200
+    assert len(fake_openai.record.headers) == 2
+    for sent in fake_openai.record.headers:
+        assert "User-Agent" not in sent, sent
+        assert not any("aiohttp" in v.lower() or "python" in v.lower() for v in sent.values())
