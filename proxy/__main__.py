@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -81,6 +82,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 async def _admin(args: argparse.Namespace) -> Any:
+    from redis.exceptions import RedisClusterException
+
     from proxy.accounts import Accounts
     from proxy.metrics import Metrics
     from proxy.store import Store, connect
@@ -91,7 +94,11 @@ async def _admin(args: argparse.Namespace) -> Any:
             "woozlit-proxy: set WOOZLIT_REDIS_URL: admin commands work on a shared store"
         )
     config = _load(_config_path(args.config))
-    store = Store(connect(url, 5.0), Metrics(), embedded=False)
+    try:
+        client = connect(url, 5.0)
+    except (ValueError, RedisClusterException) as exc:  # a bad scheme, port, host or option
+        raise SystemExit(f"woozlit-proxy: WOOZLIT_REDIS_URL is not a Redis URL: {exc}") from None
+    store = Store(client, Metrics(), embedded=False)
     accounts = Accounts(store, config)
     try:
         if args.command == "account":
@@ -147,6 +154,22 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError("expected true or false")
 
 
+def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in low..high, else a usage error that says so."""
+    wanted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = low - 1
+        if number < low or (high is not None and number > high):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value!r}")
+        return number
+
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="woozlit-proxy", description="The Woozlit API gateway.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -156,10 +179,12 @@ def parser() -> argparse.ArgumentParser:
         "--config", help=f"config file (default $WOOZLIT_CONFIG or {DEFAULT_CONFIG_PATH})"
     )
     s.add_argument("--host")
-    s.add_argument("--port", type=int)
+    # Bounded here: uvloop binds a port past 65535 modulo 65536, and a negative port or
+    # number of workers would end in a traceback or be ignored.
+    s.add_argument("--port", type=_integer(0, 65535))
     s.add_argument(
         "--workers",
-        type=int,
+        type=_integer(1),
         help="processes on the port (default: one per core with WOOZLIT_REDIS_URL, else 1)",
     )
     s.set_defaults(func=cmd_serve)

@@ -6,6 +6,7 @@ that). Input is validated here, so both front ends give the same errors.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -18,6 +19,18 @@ from proxy.errors import BadRequest, NotFound
 from proxy.store import Store
 
 MAX_TOKENS = 10**12  # per charge; far below Redis's 2**63 counters
+# The largest monthly_token_limit or requests_per_minute override. The scripts compute in Lua
+# numbers, doubles exact to 2**53, and Redis turns a Lua number past 2**63 into garbage (an
+# override of 2**64 - 1 requests a minute went out as `x-ratelimit-limit-requests:
+# -9223372036854775808`).
+MAX_LIMIT = 10**15
+# The months whose usage can be asked for. From 1970-01: months are named from the clock, in
+# seconds since the Unix epoch, so no usage is ever written before it. To 9999-11: the answer
+# names the start of the next month (`reset_at`), and the month after 9999-12 is in the year
+# 10000, which neither datetime nor YYYY-MM can write.
+FIRST_MONTH, LAST_MONTH = "1970-01", "9999-11"
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")  # ASCII: `\d` takes any script's digits
+_SHOWN_CHARS = 32  # of a bad value quoted back in an error
 ACCOUNT_FIELDS = ("tier", "developer", "disabled", "monthly_token_limit", "requests_per_minute")
 
 
@@ -30,9 +43,25 @@ def _flag(value: Any, name: str) -> str:
 def _limit(value: Any, name: str, minimum: int) -> str:
     if value is None:
         return ""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise BadRequest(f"'{name}' must be an integer of at least {minimum}, or null.")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_LIMIT:
+        raise BadRequest(f"'{name}' must be an integer from {minimum} to {MAX_LIMIT}, or null.")
     return str(value)
+
+
+def _shown(value: str) -> str:
+    """`value` quoted for an error message, cut short when long."""
+    return f"'{value}'" if len(value) <= _SHOWN_CHARS else f"'{value[:_SHOWN_CHARS]}...'"
+
+
+def check_month(month: str) -> str:
+    """`month` if it is a YYYY-MM from FIRST_MONTH to LAST_MONTH; else a 400 that names it."""
+    # Fixed width, so the strings compare as the months do.
+    if _MONTH.fullmatch(month) and FIRST_MONTH <= month <= LAST_MONTH:
+        return month
+    raise BadRequest(
+        f"'month' must be a month from {FIRST_MONTH} to {LAST_MONTH} as YYYY-MM; "
+        f"got {_shown(month)}."
+    )
 
 
 def _optional_int(value: str | None) -> int | None:
@@ -197,15 +226,7 @@ class Accounts:
 
     async def usage(self, account_id: str, month: str | None = None) -> dict[str, Any]:
         """The month's usage of an account, in full (the admin's view)."""
-        if month is not None:
-            try:
-                # strptime alone takes '2026-1', which would name a usage key never written.
-                valid = datetime.strptime(month, "%Y-%m").strftime("%Y-%m") == month
-            except ValueError:
-                valid = False
-            if not valid:
-                raise BadRequest("'month' must be YYYY-MM.")
-        month = month or self.store.month()
+        month = self.store.month() if month is None else check_month(month)
         raw = await self._raw_account(account_id)
         counts = await self.store.command("hgetall", keys.usage(account_id, month))
         held = await self.store.command("get", keys.held(account_id))
@@ -229,6 +250,9 @@ class Accounts:
     async def charge(self, account_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Charge usage from elsewhere (the Woozlit web app) to the month's quota."""
         await self._raw_account(account_id)
+        unknown = set(body) - {"tokens", "source"}
+        if unknown:  # a 'month', say: always this month's, never silently ignored
+            raise BadRequest(f"Unknown field '{sorted(unknown)[0]}'.")
         tokens = body.get("tokens")
         if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 <= tokens <= MAX_TOKENS:
             raise BadRequest(f"'tokens' must be an integer from 0 to {MAX_TOKENS}.")

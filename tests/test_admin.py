@@ -15,12 +15,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from proxy.__main__ import parser
 from tests.conftest import ADMIN_TOKEN, FakeUpstream, Gateway, GatewayFactory, openai_provider
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
 
@@ -46,6 +48,8 @@ QUOTA_MESSAGE = "Monthly token limit exceeded. Your usage will reset next month.
 PREMIUM_RPM = 100_000  # conftest's DEFAULT_TIERS
 FREE_TOKENS = 1_000_000
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+MONTH_ERROR = "'month' must be a month from 1970-01 to 9999-11 as YYYY-MM; got {}."
+MAX_LIMIT = 10**15  # of a monthly_token_limit or requests_per_minute override
 
 
 def this_month() -> str:
@@ -199,6 +203,21 @@ async def test_admin_api_needs_the_token(gw, http, headers):
     assert (await admin(http, gw, "GET", f"/accounts/{gw.account_id}/usage"))["used"] == 0
 
 
+async def test_admin_token_of_undecodable_bytes_is_401(gw):
+    """aiohttp keeps header bytes that are not UTF-8 as surrogates: encoding them was a 500."""
+    for value in (b"Bearer \xff\xfe", b"Bearer " + ADMIN_TOKEN.encode() + b"\xff", b"\xff"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
+        writer.write(
+            b"GET /admin/v1/accounts/" + gw.account_id.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Connection: close\r\nAuthorization: " + value + b"\r\n\r\n"
+        )
+        raw = await asyncio.wait_for(reader.read(-1), 10)
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401 "), (value, raw)
+        assert orjson.loads(body) == {"error": "Invalid or missing admin token."}
+
+
 # -- accounts ----------------------------------------------------------------------------
 
 
@@ -252,6 +271,8 @@ async def test_create_and_get_account(gw, http):
         {"tier": "free", "developer": True, "email": 5},
         {"tier": "free", "developer": True, "monthly_token_limit": -1},
         {"tier": "free", "developer": True, "requests_per_minute": 0},
+        {"tier": "free", "developer": True, "monthly_token_limit": MAX_LIMIT + 1},
+        {"tier": "free", "developer": True, "requests_per_minute": 2**64 - 1},
         b"{not json",
         b"[1, 2]",
     ],
@@ -318,6 +339,13 @@ async def test_patch_each_field_and_back_to_tier(gw, http):
         {"monthly_token_limit": "10"},
         {"monthly_token_limit": True},
         {"requests_per_minute": 0},
+        # Past what the scripts' Lua numbers hold: 2**64 - 1 requests a minute went out as
+        # `x-ratelimit-limit-requests: -9223372036854775808`.
+        {"monthly_token_limit": MAX_LIMIT + 1},
+        {"monthly_token_limit": 2**64 - 1},
+        {"requests_per_minute": MAX_LIMIT + 1},
+        {"requests_per_minute": 2**63},
+        {"requests_per_minute": 2**64 - 1},
         {"id": "acct_other"},
         {"created_at": 1},
         {"disabled": True, "nope": 1},  # one bad field: nothing is applied
@@ -331,6 +359,23 @@ async def test_patch_validation(gw, http, body):
     assert status == 400
     assert isinstance(answer["error"], str)
     assert await admin(http, gw, "GET", path) == before
+
+
+async def test_largest_overrides_hold(gw, http):
+    path = f"/accounts/{gw.account_id}"
+    await admin(
+        http,
+        gw,
+        "PATCH",
+        path,
+        {"monthly_token_limit": MAX_LIMIT, "requests_per_minute": MAX_LIMIT},
+    )
+    status, _, headers = await chat(http, gw)
+    assert status == 200
+    assert headers["x-ratelimit-limit-requests"] == str(MAX_LIMIT)
+    assert headers["x-ratelimit-remaining-requests"] == str(MAX_LIMIT - 1)
+    usage = await admin(http, gw, "GET", path + "/usage")
+    assert (usage["limit"], usage["remaining"]) == (MAX_LIMIT, MAX_LIMIT - PER_REQUEST)
 
 
 async def test_disable_and_developer_act_at_once(gw, http):
@@ -547,13 +592,38 @@ async def test_usage_adds_up(gw, http):
     assert (old["used"], old["requests"], old["by_model"], old["by_key"]) == (0, 0, {}, {})
 
 
+BAD_MONTHS = {
+    "past-the-last": ("9999-12", "'9999-12'"),  # its reset_at, in year 10000, was a 500
+    "year-0": ("0000-01", "'0000-01'"),
+    "before-1970": ("1969-12", "'1969-12'"),
+    "month-13": ("2026-13", "'2026-13'"),
+    "month-0": ("2026-00", "'2026-00'"),
+    "one-digit-month": ("2026-1", "'2026-1'"),  # strptime takes it: a key never written
+    "two-digit-year": ("26-01", "'26-01'"),
+    "five-digit-year": ("10000-01", "'10000-01'"),
+    "a-day": ("2026-01-01", "'2026-01-01'"),
+    "a-word": ("now", "'now'"),
+    "empty": ("", "''"),
+    "fullwidth-digits": ("\uff12\uff10\uff12\uff16-11", "'\uff12\uff10\uff12\uff16-11'"),
+    "arabic-indic-digits": ("\u0662\u0660\u0662\u0666-11", "'\u0662\u0660\u0662\u0666-11'"),
+    "trailing-newline": ("2026-11\n", "'2026-11\n'"),
+    "signed": ("+2026-11", "'+2026-11'"),
+    "very-long": ("9" * 5000, "'" + "9" * 32 + "...'"),
+}
+
+
+@pytest.mark.parametrize("month, shown", BAD_MONTHS.values(), ids=BAD_MONTHS)
+async def test_usage_bad_month(gw, http, month, shown):
+    path = f"/accounts/{gw.account_id}/usage?month={quote(month)}"
+    assert await call(http, gw, "GET", path) == (400, {"error": MONTH_ERROR.format(shown)})
+
+
 @pytest.mark.parametrize(
-    "month", ["2026-13", "2026-00", "2026-1", "26-01", "2026-01-01", "now", ""]
+    "month, reset_at", [("1970-01", "1970-02-01T00:00:00Z"), ("9999-11", "9999-12-01T00:00:00Z")]
 )
-async def test_usage_bad_month(gw, http, month):
-    status, answer = await call(http, gw, "GET", f"/accounts/{gw.account_id}/usage?month={month}")
-    assert status == 400
-    assert isinstance(answer["error"], str)
+async def test_usage_first_and_last_month(gw, http, month, reset_at):
+    usage = await admin(http, gw, "GET", f"/accounts/{gw.account_id}/usage?month={month}")
+    assert (usage["month"], usage["used"], usage["reset_at"]) == (month, 0, reset_at)
 
 
 async def test_charged_usage_counts_against_the_quota(gw, http):
@@ -594,6 +664,9 @@ async def test_charged_usage_counts_against_the_quota(gw, http):
         {"tokens": 10, "source": ""},
         {"tokens": 10, "source": 7},
         {"tokens": 10, "source": "a:b"},
+        {"tokens": 10, "source": "web", "month": "2026-01"},  # not a choice: this month's
+        {"tokens": 10**12 + 1, "source": "web"},
+        b'{"tokens": 18446744073709551616, "source": "web"}',  # past what orjson reads
         b"[]",
     ],
 )
@@ -733,3 +806,45 @@ async def test_cli_round_trip(gw, http, redis_url):
     assert (await chat(http, gw, key["key"]))[0] == 401
     listing = await admin(http, gw, "GET", f"/accounts/{account_id}/keys")
     assert [k["revoked"] for k in listing["data"]] == [True]
+
+
+async def test_cli_bad_input_is_an_error_not_a_traceback(gw, redis_url):
+    config = str(ROOT / "config" / "woozlit.yaml")
+    env = {"redis_url": redis_url, "WOOZLIT_CONFIG": config}
+    account = gw.account_id
+    cases = {
+        ("usage", account, "--month", "9999-12"): MONTH_ERROR.format("'9999-12'"),
+        ("usage", account, "--month", "1969-12"): MONTH_ERROR.format("'1969-12'"),
+        ("usage", account, "--month", ""): MONTH_ERROR.format("''"),
+        ("account", "update", account, "--monthly-token-limit", str(10**30)): (
+            f"'monthly_token_limit' must be an integer from 0 to {MAX_LIMIT}, or null."
+        ),
+        ("account", "create", "--requests-per-minute", str(2**64 - 1)): (
+            f"'requests_per_minute' must be an integer from 1 to {MAX_LIMIT}, or null."
+        ),
+    }
+    results = await asyncio.gather(*(cli(*args, **env) for args in cases))
+    for (args, message), (rc, out, err) in zip(cases.items(), results, strict=True):
+        assert (rc, out) == (1, None), (args, err)
+        assert orjson.loads(err) == {"error": message}, args
+
+    bad_urls = ["redis://127.0.0.1:99999/0", "http://127.0.0.1/0", "redis+cluster://"]
+    results = await asyncio.gather(
+        *(cli("usage", account, redis_url=url, WOOZLIT_CONFIG=config) for url in bad_urls)
+    )
+    for url, (rc, out, err) in zip(bad_urls, results, strict=True):
+        assert rc != 0 and out is None, url
+        assert "WOOZLIT_REDIS_URL is not a Redis URL" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--port", "70000"], ["--port", "-1"], ["--port", "http"], ["--workers", "0"]],
+    ids=["port-past-65535", "port-negative", "port-word", "no-workers"],
+)
+def test_serve_refuses_bad_numbers(args, capsys):
+    """Refused by the parser: uvloop bound port 70000 as 4464, and -1 was a traceback."""
+    with pytest.raises(SystemExit) as exc:
+        parser().parse_args(["serve", *args])
+    assert exc.value.code == 2
+    assert "expected an integer" in capsys.readouterr().err
