@@ -1,12 +1,19 @@
 """Admission and settlement: the two Redis round trips of every request.
 
-Theory of operation. Before a request goes upstream, `admit` runs one Lua script that checks
-the key and its account, applies the key's sliding-window rate limit and, for limited
-accounts, reserves a hold of (prompt estimate + max_tokens) tokens on the month's quota:
+Theory of operation. What a request may cost is bounded before it is sent. Before a request
+goes upstream, `admit` runs one Lua script that checks the key and its account, applies the
+key's sliding-window rate limit and its cap on requests in flight and, for limited accounts,
+reserves a hold of prompt estimate + n x output cap tokens on the month's quota:
 `used + held + hold <= limit`, atomically, so concurrent requests on any number of gateway
-instances can never together overspend. After the answer (streamed or not, completed or
-cut), `settle` runs one script that charges the tokens really used and releases the hold.
-Settling is idempotent by our request id; a hold whose instance died expires by itself.
+instances can never together overspend. When only part of the hold fits, the output cap is
+lowered to what remains (the last tokens of a month can be spent). The upstream is sent the
+cap that was reserved. After the answer (streamed or not, completed or cut), `settle` runs
+one script that charges the tokens really used, at most the hold and at most what remains of
+the limit (the rest is recorded apart as excess), and releases the hold.
+
+A live request's hold is never swept: every instance renews the holds of its requests in
+flight every third of `hold_ttl_seconds`, so only a dead instance's holds expire. Settling is
+idempotent by our request id, and charges even a request whose hold is gone.
 
 The only thing cached in-process is the digest -> (account, key id) mapping, which never
 changes; revocation is a flag read by the admit script itself, so it acts on every
@@ -19,10 +26,18 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Literal
 
 from proxy import auth, keys
 from proxy.config import Config
-from proxy.errors import Forbidden, QuotaExceeded, RateLimited, ServiceUnavailable, Unauthorized
+from proxy.errors import (
+    Forbidden,
+    QuotaExceeded,
+    RateLimited,
+    ServiceUnavailable,
+    TooManyConcurrent,
+    Unauthorized,
+)
 from proxy.metrics import Metrics
 from proxy.providers.base import Usage
 from proxy.store import Store
@@ -33,12 +48,20 @@ KEY_CACHE_SIZE = 100_000
 SETTLE_RETRY_SECONDS = 1.0
 
 
+# admit's modes: 'hold' admits a request to serve; 'rate' counts a request that costs no
+# tokens (a replayed answer) against the rate limit; 'check' checks the key and account only.
+Mode = Literal["hold", "rate", "check"]
+
+
 @dataclass(slots=True)
 class Admission:
     account_id: str
     key_id: str
     request_id: str
     headers: dict[str, str]  # the x-ratelimit-* headers for the answer
+    cap: int = 0  # the output cap per choice the request was admitted with
+    hold: int = -1  # tokens held: the most it may be charged (-1: unlimited account)
+    limit: int = -1  # the account's monthly limit at admission (-1: unlimited)
 
 
 def _duration(ms: int) -> str:
@@ -54,12 +77,22 @@ class Accountant:
         self.tier_args: list[str | int] = []
         for name, tier in config.tiers.items():
             limit = "" if tier.monthly_tokens is None else tier.monthly_tokens
-            self.tier_args += [name, limit, tier.requests_per_minute]
+            self.tier_args += [name, limit, tier.requests_per_minute, tier.max_concurrent_requests]
         self._owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._pending: set[asyncio.Task[None]] = set()
+        # This process's requests admitted and not yet settled: account -> request -> key.
+        self._live: dict[str, dict[str, str]] = {}
         self._decisions = {
             reason: metrics.admissions.labels(reason)
-            for reason in ("admitted", "auth", "forbidden", "rate_limit", "quota", "store")
+            for reason in (
+                "admitted",
+                "auth",
+                "forbidden",
+                "rate_limit",
+                "concurrency",
+                "quota",
+                "store",
+            )
         }
 
     async def identify(self, authorization: str | None) -> tuple[str, str]:
@@ -88,18 +121,29 @@ class Accountant:
         return owner
 
     async def admit(
-        self, owner: tuple[str, str], request_id: str, hold: int, *, consume: bool = True
+        self,
+        owner: tuple[str, str],
+        request_id: str,
+        *,
+        base: int = 0,
+        choices: int = 1,
+        cap: int = 0,
+        mode: Mode = "hold",
     ) -> Admission:
-        """Check the key and its account, rate-limit and reserve `hold` tokens: one script call.
+        """Check the key and its account, rate-limit, and hold what the request may cost:
+        `base` + `choices` x `cap` tokens, or less with a lower cap (`Admission.cap`) when
+        only that fits in what remains of the month. One script call.
 
-        `owner` is what `identify` found for the request's key.
+        `owner` is what `identify` found for the request's key. Raises Unauthorized (401),
+        Forbidden (403), RateLimited, TooManyConcurrent or QuotaExceeded (429), or
+        ServiceUnavailable (503, the store is down).
         """
         account_id, key_id = owner
         try:
             reply = await self.store.run(
                 "admit",
                 lambda month: keys.admit_keys(account_id, key_id, month),
-                [request_id, hold, self.hold_ttl_ms, "1" if consume else "0", "", *self.tier_args],
+                [request_id, base, choices, cap, self.hold_ttl_ms, mode, "", *self.tier_args],
             )
         except ServiceUnavailable:
             self._decisions["store"].inc()
@@ -107,13 +151,16 @@ class Accountant:
         code = reply[0]
         if code == "ok":
             self._decisions["admitted"].inc()
-            rpm, remaining, reset_ms = reply[1], reply[2], reply[3]
+            rpm, remaining, reset_ms, limit = reply[1], reply[2], reply[3], reply[4]
             headers = {
                 "x-ratelimit-limit-requests": str(rpm),
                 "x-ratelimit-remaining-requests": str(max(remaining, 0)),
                 "x-ratelimit-reset-requests": _duration(reset_ms),
             }
-            return Admission(account_id, key_id, request_id, headers)
+            hold = reply[8] if limit >= 0 else -1
+            if mode == "hold":
+                self._live.setdefault(account_id, {})[request_id] = key_id
+            return Admission(account_id, key_id, request_id, headers, reply[7], hold, limit)
         if code in ("unknown", "revoked"):
             self._decisions["auth"].inc()
             raise Unauthorized("Invalid API key.")
@@ -136,9 +183,16 @@ class Accountant:
                     "x-ratelimit-reset-requests": _duration(retry_ms),
                 },
             )
+        if code == "busy":
+            self._decisions["concurrency"].inc()
+            raise TooManyConcurrent(
+                f"This API key already has {reply[1]} requests in progress, the most its plan "
+                "allows at once; retry when one has finished.",
+                headers={"Retry-After": "1"},
+            )
         if code == "quota":
             self._decisions["quota"].inc()
-            raise QuotaExceeded()
+            raise QuotaExceeded(headers={"x-should-retry": "false"})
         # 'duplicate': our request ids are random, so this is a bug, not the client's fault.
         raise ServiceUnavailable(f"Unexpected answer from the accounting store: {code!r}.")
 
@@ -148,22 +202,28 @@ class Accountant:
         The task is kept until done (retrying while the store is down), and `flush` or
         `drain` wait for it: usage reads and shutdown see every settle of this process.
         """
+        self._forget(admission)
         task = asyncio.create_task(self.settle(admission, usage, model, served=served))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def settle(self, admission: Admission, usage: Usage, model: str, *, served: bool) -> None:
-        """Charge `usage` and release the hold, trying again while the store is down."""
-        account_id = admission.account_id
+        """Charge `usage` (at most the hold and what remains of the limit; the rest is
+        recorded as excess) and release the hold, trying again while the store is down."""
+        self._forget(admission)
+        account_id, key_id = admission.account_id, admission.key_id
         args = [
             admission.request_id,
             usage.prompt_tokens,
             usage.completion_tokens,
             model,
-            admission.key_id,
+            key_id,
             "1" if served else "0",
             keys.USAGE_TTL_SECONDS,
             "",
+            admission.hold,
+            admission.limit,
+            keys.SETTLED_MEMORY_MS,
         ]
         loop = asyncio.get_running_loop()
         # Settling is idempotent, so trying again until the store is back is safe; past the
@@ -171,8 +231,8 @@ class Accountant:
         deadline = loop.time() + self.hold_ttl_ms / 1000
         while True:
             try:
-                await self.store.run(
-                    "settle", lambda month: keys.settle_keys(account_id, month), args
+                reply = await self.store.run(
+                    "settle", lambda month: keys.settle_keys(account_id, key_id, month), args
                 )
             except ServiceUnavailable:
                 if loop.time() >= deadline:
@@ -180,8 +240,40 @@ class Accountant:
                     return
                 await asyncio.sleep(SETTLE_RETRY_SECONDS)
                 continue
-            self.metrics.tokens_charged.inc(usage.total_tokens)
+            if reply[0] == "ok":
+                charged = reply[2]
+                self.metrics.tokens_charged.inc(charged)
+                if usage.total_tokens > charged:
+                    self.metrics.tokens_excess.labels(model).inc(usage.total_tokens - charged)
             return
+
+    def _forget(self, admission: Admission) -> None:
+        live = self._live.get(admission.account_id)
+        if live is not None:
+            live.pop(admission.request_id, None)
+            if not live:
+                del self._live[admission.account_id]
+
+    async def renew(self) -> None:
+        """Renew the holds of this process's requests in flight: one script call an account."""
+        calls = []
+        for account_id, live in self._live.items():
+            key_ids = sorted(set(live.values()))
+            index = {key_id: str(i) for i, key_id in enumerate(key_ids, 4)}  # KEYS[4..]
+            args: list[str | int] = [self.hold_ttl_ms, ""]
+            for request_id, key_id in live.items():
+                args += [request_id, index[key_id]]
+            calls.append(self.store.call("renew", keys.renew_keys(account_id, key_ids), args))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failed = sum(isinstance(result, BaseException) for result in results)
+        if failed:
+            log.warning("holds of %d accounts could not be renewed; trying again soon", failed)
+
+    async def keep_renewing(self) -> None:
+        """Renew live holds every third of their lifetime, until cancelled."""
+        while True:
+            await asyncio.sleep(self.hold_ttl_ms / 3000)
+            await self.renew()
 
     async def flush(self, seconds: float = 2.0) -> None:
         """Wait (a little) for this process's settles in flight: read-your-writes for usage."""

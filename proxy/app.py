@@ -142,7 +142,7 @@ async def key_holder(request: web.Request) -> Admission:
     """The key's account, checked (key, account state) without counting against its limits."""
     accountant = request.app[ACCOUNTANT]
     owner = await accountant.identify(request.headers.get("Authorization"))
-    return await accountant.admit(owner, request[REQUEST_ID], 0, consume=False)
+    return await accountant.admit(owner, request[REQUEST_ID], mode="check")
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -217,12 +217,14 @@ def create_app(
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = open_store(redis_url, config.accounting.redis_timeout_seconds, metrics_)
         app[STORE] = store
-        app[ACCOUNTANT] = Accountant(store, config, metrics_)
+        accountant = app[ACCOUNTANT] = Accountant(store, config, metrics_)
         app[ACCOUNTS] = Accounts(store, config)
         if bootstrap if bootstrap is not None else redis_url is None:
             app[BOOTSTRAP_KEY] = await _bootstrap(app[ACCOUNTS])
+        renewing = asyncio.create_task(accountant.keep_renewing())
         yield
-        await app[ACCOUNTANT].drain(seconds=5)
+        renewing.cancel()
+        await accountant.drain(seconds=5)
         await store.close()
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -232,7 +234,7 @@ def create_app(
         session = aiohttp.ClientSession(
             connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
         )
-        app[UPSTREAM] = Upstream(session, metrics_)
+        app[UPSTREAM] = Upstream(session, metrics_, config.server.client_read_timeout_seconds)
         yield
         await session.close()
 

@@ -115,10 +115,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         config.accounting.idempotency_window_seconds,
         pending_seconds=app[ROUTER].longest_request(),
     )
-    stored = await claim.begin()
+    try:
+        stored = await claim.begin()
+    except GatewayError:
+        # 409 or 422 tell something of the key's requests: only to a key that may ask.
+        await accountant.admit(owner, request[REQUEST_ID], mode="rate")
+        raise
     if stored is not None:
+        # A replay costs no tokens, but passes the same key, account and rate checks as a
+        # new request: a revoked key or a disabled account gets no stored answer either.
+        admission = await accountant.admit(owner, request[REQUEST_ID], mode="rate")
         return web.Response(
-            body=stored, content_type="application/json", headers={"Idempotent-Replayed": "true"}
+            body=stored,
+            content_type="application/json",
+            headers={**admission.headers, "Idempotent-Replayed": "true"},
         )
     try:
         response = await serve(request, owner, chat, timing)
@@ -137,12 +147,12 @@ async def serve(
     app = request.app
     config, metrics, router = app[CONFIG], app[METRICS], app[ROUTER]
     accountant = app[ACCOUNTANT]
-    hold = chat.prompt_tokens_estimate + (
-        chat.max_tokens or config.accounting.default_completion_reserve
-    )
     since = time.perf_counter()
-    admission = await accountant.admit(owner, request[REQUEST_ID], hold)
+    admission = await accountant.admit(
+        owner, request[REQUEST_ID], base=chat.base_tokens, choices=chat.choices, cap=chat.cap
+    )
     timing.store = time.perf_counter() - since
+    chat.cap = admission.cap  # lower than asked when only that much of the month remains
 
     model = chat.public_model
     plan = router.plan(model)

@@ -38,6 +38,9 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 _T = TypeVar("_T")
 
+DEFAULT_MAX_CONCURRENT = 64
+MAX_TOKENS_PARAMETERS = ("max_tokens", "max_completion_tokens")
+
 
 class ConfigError(Exception):
     """The config is invalid; `errors` lists every problem, each naming file and path."""
@@ -64,8 +67,14 @@ class ProviderConfig:
     api_key: str
     api_key_env: str | None  # the variable the key comes from, to name it in errors
     timeouts: Timeouts
-    default_max_tokens: int = 4096  # used where the upstream requires max_tokens
+    # The output cap of its deployments when the client sets none (None: the accounting's
+    # default_completion_reserve); a deployment may set its own.
+    default_max_tokens: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Where an OpenAI-compatible upstream reads the output cap: OpenAI's API takes
+    # max_completion_tokens (its reasoning models refuse max_tokens); DeepSeek, vLLM and
+    # Ollama read max_tokens.
+    max_tokens_parameter: str = "max_tokens"
 
     @property
     def needs_key(self) -> bool:
@@ -78,12 +87,17 @@ class Deployment:
     model: str
     weight: int = 1  # share of the traffic among deployments of the same priority
     priority: int = 0  # lower first; by default a deployment's place in the list
+    # The output cap sent when the client sets none, and what such a request reserves of the
+    # quota: the deployment's own, else its provider's, else the accounting's default.
+    default_max_tokens: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class Tier:
     monthly_tokens: int | None  # None: unlimited
     requests_per_minute: int
+    # Requests of one key admitted and not finished, on all instances together.
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +112,21 @@ class ServerConfig:
     drain_seconds: float = 60.0
     # A request body must arrive within this time (slow senders hold a connection each).
     body_timeout_seconds: float = 30.0
+    # A stream whose client has read nothing for this long (its socket is full and a write
+    # waits) is ended and charged what was produced: a stalled client holds a provider's
+    # connection, a quota hold and a slot of its key's concurrency.
+    client_read_timeout_seconds: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
 class AccountingConfig:
     # Tokens reserved for the completion when the request sets no max_tokens.
     default_completion_reserve: int = 4096
-    # A hold not settled within this time (its instance died) expires by itself. Longer than
-    # any request may last: a request settled after its hold expired is not charged.
-    hold_ttl_seconds: int = 3600
+    # A hold not settled within this time expires by itself: the instance that admitted the
+    # request died. Instances renew the holds of their live requests every third of it, so
+    # a request may last longer; this is how long a dead instance's holds (and slots of its
+    # keys' concurrency) outlive it.
+    hold_ttl_seconds: int = 300
     # Timeout of every Redis call: a down store answers 503 quickly instead of hanging.
     redis_timeout_seconds: float = 1.0
     # How long the answer to a non-stream request with an Idempotency-Key is kept for replay.
@@ -257,9 +277,6 @@ class _Parser:
             {"providers", "models", "tiers"},
         )
         providers = self.providers(top.get("providers", {}))
-        models = self.models(top.get("models", {}), providers)
-        tiers = self.tiers(top.get("tiers", {}))
-        server = self.server(top.get("server", {}))
         accounting = self.numbers(
             top.get("accounting", {}),
             "accounting",
@@ -270,6 +287,11 @@ class _Parser:
                 "idempotency_window_seconds",
             },
         )
+        models = self.models(
+            top.get("models", {}), providers, accounting.default_completion_reserve
+        )
+        tiers = self.tiers(top.get("tiers", {}))
+        server = self.server(top.get("server", {}))
         routing = self.numbers(
             top.get("routing", {}),
             "routing",
@@ -299,7 +321,15 @@ class _Parser:
             spec = self.mapping(
                 spec,
                 where,
-                {"kind", "base_url", "api_key", "timeouts", "default_max_tokens", "headers"},
+                {
+                    "kind",
+                    "base_url",
+                    "api_key",
+                    "timeouts",
+                    "default_max_tokens",
+                    "max_tokens_parameter",
+                    "headers",
+                },
                 {"kind", "base_url"},
             )
             kind = self.string(spec.get("kind", ""), f"{where}.kind")
@@ -313,21 +343,17 @@ class _Parser:
                 str(k): self.string(v, f"{where}.headers.{k}")
                 for k, v in self.mapping(spec.get("headers", {}), f"{where}.headers", None).items()
             }
+            base_url = self.url(spec.get("base_url", ""), f"{where}.base_url")
             out[str(name)] = ProviderConfig(
                 name=str(name),
                 kind=kind,
-                base_url=self.url(spec.get("base_url", ""), f"{where}.base_url"),
+                base_url=base_url,
                 api_key=self.string(raw_key, f"{where}.api_key"),
                 api_key_env=key_var.group(1) if key_var else None,
                 timeouts=self.numbers(spec.get("timeouts", {}), f"{where}.timeouts", Timeouts()),
-                default_max_tokens=self.number(
-                    spec.get("default_max_tokens", 4096),
-                    f"{where}.default_max_tokens",
-                    minimum=1,
-                    integer=True,
-                )
-                or 4096,
+                default_max_tokens=self.cap(spec, where),
                 headers=headers,
+                max_tokens_parameter=self.max_tokens_parameter(spec, where, base_url),
             )
         if not out and not self.errors:
             self.error("providers", "at least one provider is required")
@@ -346,8 +372,34 @@ class _Parser:
             values[name] = default if value is None else value
         return replace(defaults, **values)  # type: ignore[type-var]
 
+    def cap(self, spec: Mapping[str, Any], where: str) -> int | None:
+        """An optional `default_max_tokens`: a positive integer."""
+        if "default_max_tokens" not in spec:
+            return None
+        value = self.number(
+            spec["default_max_tokens"], f"{where}.default_max_tokens", minimum=1, integer=True
+        )
+        return int(value) if value is not None else None
+
+    def max_tokens_parameter(self, spec: Mapping[str, Any], where: str, base_url: str) -> str:
+        """OpenAI's own API by default takes max_completion_tokens; other servers max_tokens."""
+        try:
+            openai = (urlsplit(base_url).hostname or "") == "api.openai.com"
+        except ValueError:  # a bad URL, reported by `url`
+            openai = False
+        default = "max_completion_tokens" if openai else "max_tokens"
+        value = self.string(
+            spec.get("max_tokens_parameter", default), f"{where}.max_tokens_parameter"
+        )
+        if value not in MAX_TOKENS_PARAMETERS:
+            self.error(
+                f"{where}.max_tokens_parameter",
+                f"must be one of {', '.join(MAX_TOKENS_PARAMETERS)}, got {value!r}",
+            )
+        return value
+
     def models(
-        self, node: Any, providers: Mapping[str, ProviderConfig]
+        self, node: Any, providers: Mapping[str, ProviderConfig], default_cap: int
     ) -> dict[str, tuple[Deployment, ...]]:
         out: dict[str, tuple[Deployment, ...]] = {}
         for public, deployments in self.mapping(node, "models", None).items():
@@ -365,7 +417,10 @@ class _Parser:
             for i, dep in enumerate(deployments):
                 dwhere = f"{where}[{i}]"
                 dep = self.mapping(
-                    dep, dwhere, {"provider", "model", "weight", "priority"}, {"provider", "model"}
+                    dep,
+                    dwhere,
+                    {"provider", "model", "weight", "priority", "default_max_tokens"},
+                    {"provider", "model"},
                 )
                 provider = self.string(dep.get("provider", ""), f"{dwhere}.provider")
                 if "provider" in dep and provider not in providers:
@@ -379,8 +434,14 @@ class _Parser:
                 priority = self.number(
                     dep.get("priority", i), f"{dwhere}.priority", minimum=0, integer=True
                 )
+                provider_cap = (
+                    providers[provider].default_max_tokens if provider in providers else None
+                )
+                cap = self.cap(dep, dwhere) or provider_cap or default_cap
                 parsed.append(
-                    Deployment(provider, model, weight or 1, i if priority is None else priority)
+                    Deployment(
+                        provider, model, weight or 1, i if priority is None else priority, cap
+                    )
                 )
             out[str(public)] = tuple(parsed)
         if not out and not self.errors:
@@ -394,7 +455,7 @@ class _Parser:
             spec = self.mapping(
                 spec,
                 where,
-                {"monthly_tokens", "requests_per_minute"},
+                {"monthly_tokens", "requests_per_minute", "max_concurrent_requests"},
                 {"monthly_tokens", "requests_per_minute"},
             )
             monthly = spec.get("monthly_tokens")
@@ -406,7 +467,13 @@ class _Parser:
                 minimum=1,
                 integer=True,
             )
-            out[str(name)] = Tier(monthly, rpm or 1)
+            concurrent = self.number(
+                spec.get("max_concurrent_requests", DEFAULT_MAX_CONCURRENT),
+                f"{where}.max_concurrent_requests",
+                minimum=1,
+                integer=True,
+            )
+            out[str(name)] = Tier(monthly, rpm or 1, concurrent or DEFAULT_MAX_CONCURRENT)
         for required in ("free", "premium"):
             if required not in out and isinstance(node, dict):
                 self.error(f"tiers.{required}", "is required")

@@ -72,6 +72,13 @@ class RateLimited(GatewayError):
     default_message = "Rate limit exceeded for this API key. Retry after the time in Retry-After."
 
 
+class TooManyConcurrent(GatewayError):
+    """The key already has as many requests in flight as its tier allows."""
+
+    status = 429
+    default_message = "Too many requests in progress for this API key; retry when one finishes."
+
+
 class QuotaExceeded(GatewayError):
     """The account's monthly token quota refused the request."""
 

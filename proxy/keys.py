@@ -11,6 +11,10 @@ PREFIX = "wz"
 
 USAGE_TTL_SECONDS = 400 * 86400  # a month's usage stays readable for over a year
 RATE_WINDOW_MS = 60_000
+# How long a settled request id is remembered, so that settling again (a retry after a reply
+# that was lost) charges nothing. Retries come a second apart while the store answers; five
+# minutes covers a failover, and keeps at most 5 minutes of an account's requests.
+SETTLED_MEMORY_MS = 300_000
 
 
 def _tag(account_id: str) -> str:
@@ -50,6 +54,16 @@ def held(account_id: str) -> str:
     return f"{_tag(account_id)}:held"
 
 
+def in_flight(account_id: str, key_id: str) -> str:
+    """The key's requests admitted and not settled (zset, request id -> expiry ms)."""
+    return f"{_tag(account_id)}:in-flight:{key_id}"
+
+
+def settled(account_id: str) -> str:
+    """Request ids settled lately (zset, request id -> ms): settling is idempotent."""
+    return f"{_tag(account_id)}:settled"
+
+
 def idempotency(account_id: str, key_digest: str) -> str:
     """A client's Idempotency-Key: 'pending:<body digest>' or 'done:<body digest>:<answer>'."""
     return f"{_tag(account_id)}:idem:{key_digest}"
@@ -74,13 +88,26 @@ def admit_keys(account_id: str, key_id: str, month: str) -> list[str]:
         holds(account_id),
         hold_expiries(account_id),
         held(account_id),
+        in_flight(account_id, key_id),
     ]
 
 
-def settle_keys(account_id: str, month: str) -> list[str]:
+def settle_keys(account_id: str, key_id: str, month: str) -> list[str]:
     return [
         usage(account_id, month),
         holds(account_id),
         hold_expiries(account_id),
         held(account_id),
+        in_flight(account_id, key_id),
+        settled(account_id),
+    ]
+
+
+def renew_keys(account_id: str, key_ids: list[str]) -> list[str]:
+    """The keys of renew.lua: the account's holds, then each key's in-flight set."""
+    return [
+        holds(account_id),
+        hold_expiries(account_id),
+        held(account_id),
+        *(in_flight(account_id, key_id) for key_id in key_ids),
     ]

@@ -95,13 +95,26 @@ class Metrics:
         self.admissions = Counter(
             "woozlit_admissions_total",
             "Admission decisions: admitted, or refused by reason "
-            "(auth, forbidden, rate_limit, quota, store).",
+            "(auth, forbidden, rate_limit, concurrency, quota, store).",
             ["result"],
             registry=r,
         )
         self.tokens_charged = Counter(
             "woozlit_tokens_charged_total",
             "Tokens charged to monthly quotas.",
+            registry=r,
+        )
+        self.client_stalls = Counter(
+            "woozlit_client_stalls_total",
+            "Streams ended because their client read nothing for "
+            "server.client_read_timeout_seconds.",
+            registry=r,
+        )
+        self.tokens_excess = Counter(
+            "woozlit_tokens_excess_total",
+            "Tokens providers reported beyond what a request had reserved (or beyond its "
+            "account's limit): served, recorded apart, not charged to the user.",
+            ["model"],
             registry=r,
         )
         self.redis_latency = Histogram(

@@ -36,7 +36,7 @@ from proxy.resp import PipelinedScripts, RedisReplyError
 
 log = logging.getLogger("proxy.store")
 
-SCRIPTS = ("admit", "settle", "charge")
+SCRIPTS = ("admit", "settle", "renew", "charge")
 POOL_SIZE = 64
 # What a store failure can raise: RedisClusterException (slots not covered, no node for a
 # slot) is not a RedisError; OSError covers timeouts.

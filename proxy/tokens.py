@@ -1,8 +1,19 @@
-"""Token estimates, for holds before a request and for upstreams that report no usage.
+"""Token estimates: what a request may cost before it is sent, and what an upstream that
+reports no usage (or a cut stream) produced.
 
-About four characters a token for English text with the GPT and Claude tokenizers; the
-estimate leans high on purpose (a hold that is too small lets a quota be overspent), and
-every message costs a few tokens of framing as in OpenAI's own counting guide.
+The prompt estimate must not fall short of what the provider bills, because a request's hold
+(and so what it may be charged) is built on it; it leans high on purpose. It counts every
+field of the request that a provider bills as input, not only the messages: tool and
+function definitions, JSON schemas of `response_format`, and any field the gateway does not
+know (an OpenAI-compatible upstream gets it as sent, and may bill it). Fields that are
+settings, not text for the model, are left out (`NOT_BILLED`).
+
+About four characters a token for English text with the GPT and Claude tokenizers; other
+scripts split finer (a CJK character is about one token, an emoji two or three), so a
+non-ASCII character counts as 2 x its UTF-8 bytes - 1 characters: 5 for CJK, 7 for an
+emoji, 3 for an accented Latin letter. Every message costs a few tokens of framing, as in
+OpenAI's counting guide. An image is counted at what OpenAI bills for a `detail: low` image
+(85) or at the most one image costs on gpt-4o, Claude or Gemini (about 1,600 tokens).
 """
 
 from __future__ import annotations
@@ -12,38 +23,108 @@ from typing import Any
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 TOKENS_PER_REQUEST = 3
+IMAGE_TOKENS_LOW = 85  # OpenAI, detail: low
+# OpenAI high detail is 85 + 170 a 512 px tile, 1,445 for the largest (2048 x 768 px after
+# scaling); Claude ~ width x height / 750 with a long side of 1,568 px, ~1,600; Gemini 258
+# a 768 px tile.
+IMAGE_TOKENS = 1_600
+IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+
+# Top-level request fields that are settings, not text the model reads: not billed.
+NOT_BILLED = frozenset(
+    {
+        "model",
+        "stream",
+        "stream_options",
+        "temperature",
+        "top_p",
+        "n",
+        "max_tokens",
+        "max_completion_tokens",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "seed",
+        "stop",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "parallel_tool_calls",
+        "modalities",
+        "reasoning_effort",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prediction",  # billed as output: see `estimate_prediction_tokens`
+    }
+)
 
 
 def estimate_text_tokens(chars: int) -> int:
     return (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
 
 
-def _content_chars(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        total = 0
-        for part in content:
-            if isinstance(part, dict):
-                text = part.get("text")
-                if isinstance(text, str):
-                    total += len(text)
-                elif part.get("type") in ("image_url", "input_image", "image"):
-                    total += 85 * CHARS_PER_TOKEN  # a low-detail image, as OpenAI counts it
-        return total
-    return 0
+def text_weight(text: str) -> int:
+    """A string's length in ASCII-character equivalents (see the module's docstring)."""
+    if text.isascii():
+        return len(text)
+    return 2 * len(text.encode("utf-8", "surrogatepass")) - len(text)
 
 
-def estimate_prompt_tokens(messages: list[dict[str, Any]], extra_chars: int = 0) -> int:
-    """Estimate the prompt tokens of `messages` (plus the size of tools and the like)."""
-    chars = extra_chars
-    for message in messages:
-        chars += _content_chars(message.get("content"))
-        for call in message.get("tool_calls") or ():
-            if isinstance(call, dict):
-                function = call.get("function") or {}
-                if isinstance(function, dict):
-                    chars += len(str(function.get("name", ""))) + len(
-                        str(function.get("arguments", ""))
-                    )
-    return estimate_text_tokens(chars) + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
+def _image_weight(part: dict[str, Any]) -> int:
+    image = part.get("image_url")
+    detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
+    tokens = IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS
+    return tokens * CHARS_PER_TOKEN
+
+
+def _weight(value: Any) -> int:
+    """Characters-equivalent of a JSON value: its strings, its keys, a little for the rest.
+
+    A loop over a stack, not recursion: a body may nest as deep as the JSON parser allows.
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += text_weight(item)
+        elif isinstance(item, dict):
+            kind = item.get("type")
+            if isinstance(kind, str) and kind in IMAGE_PARTS:
+                total += _image_weight(item)
+                continue
+            for key, member in item.items():
+                total += text_weight(key)
+                stack.append(member)
+        elif isinstance(item, list):
+            total += len(item)
+            stack.extend(item)
+        else:
+            total += CHARS_PER_TOKEN  # a number, true, false or null: about one token
+    return total
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """The input tokens a chat completions `body` may be billed for: an upper estimate."""
+    chars = 0
+    messages = 0
+    for name, value in body.items():
+        if name in NOT_BILLED:
+            continue
+        if name == "messages" and isinstance(value, list):
+            messages = len(value)
+            for message in value:
+                chars += _weight(message)
+            continue
+        chars += text_weight(name) + _weight(value)
+    return estimate_text_tokens(chars) + TOKENS_PER_MESSAGE * messages + TOKENS_PER_REQUEST
+
+
+def estimate_prediction_tokens(body: dict[str, Any]) -> int:
+    """OpenAI's Predicted Outputs: the prediction's tokens that the answer does not use are
+    billed as completion tokens, beyond `max_completion_tokens` (OpenAI's guide to them)."""
+    prediction = body.get("prediction")
+    return estimate_text_tokens(_weight(prediction)) if prediction is not None else 0

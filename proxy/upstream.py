@@ -50,9 +50,15 @@ class Timing:
 class Upstream:
     """The shared client session, and the request/response cycle with one provider."""
 
-    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        client_read_timeout: float = float("inf"),
+    ):
         self.session = session
         self.metrics = metrics
+        self.client_read_timeout = client_read_timeout  # seconds a stream's client may not read
         self._client_timeouts: dict[str, aiohttp.ClientTimeout] = {}
 
     def _client_timeout(self, provider: Provider) -> aiohttp.ClientTimeout:
@@ -138,6 +144,12 @@ class Upstream:
         (one syscall) for all of them holds none back. A fast upstream's 20 events often come
         in one read; writing them one by one cost a syscall each, and batching took the
         gateway from 1,970 to 2,950 20-chunk streams/s (one worker, Redis, c=32).
+
+        Nothing is read from the provider while a write waits for a client whose socket is
+        full, so an unread stream holds no more than the socket buffers. A client that reads
+        nothing for `client_read_timeout` seconds is cut off: its connection is closed and
+        the handler is cancelled, as for a client that left, so that it is charged what was
+        produced.
         """
         out: web.StreamResponse | None = None
         usage_sent = False  # a chunk with usage went out: the client knows its charge
@@ -146,69 +158,86 @@ class Upstream:
         parser = SSEParser()
         name = provider.config.name
         content = resp.content
-        watchdog = IdleWatchdog(provider.config.timeouts.idle)
+        watchdog = IdleWatchdog(provider.config.timeouts.idle, self.client_read_timeout)
+
+        async def send(data: bytes, eof: bool = False) -> None:
+            assert out is not None
+            watchdog.writing = True
+            try:
+                await out.write(data)
+                if eof:
+                    await out.write_eof()
+            finally:
+                watchdog.writing = False
+
         try:
-            while True:
-                since = clock()
-                watchdog.reading = True
-                try:
-                    data = await content.readany()
-                except asyncio.CancelledError as exc:
-                    if not watchdog.fired:
-                        raise
-                    watchdog.task.uncancel()
-                    self.metrics.upstream_errors.labels(name, "stalled").inc()
-                    raise UpstreamTimeout(f"Provider '{name}' stalled mid-stream.") from exc
-                except (aiohttp.ClientError, OSError) as exc:
-                    self.metrics.upstream_errors.labels(name, "reset").inc()
-                    raise UpstreamError(f"Provider '{name}' dropped the stream.") from exc
-                finally:
-                    watchdog.reading = False
-                    timing.upstream += clock() - since
-                for event in parser.feed(data) if data else parser.close():
-                    for chunk in translator.feed(event):
-                        chunk.update(stamp)
-                        usage_sent = usage_sent or bool(chunk.get("usage"))
-                        frames.append(frame(orjson.dumps(chunk)))
-                if not data:
-                    break
-                if frames:
-                    if out is None:
-                        out = await self._start(request, headers, timing)
-                    await out.write(b"".join(frames))
-                    frames.clear()
-            for chunk in translator.finish():
-                chunk.update(stamp)
-                usage_sent = usage_sent or bool(chunk.get("usage"))
-                frames.append(frame(orjson.dumps(chunk)))
-            if not translator.done:
-                self.metrics.upstream_errors.labels(name, "truncated").inc()
-                raise UpstreamError(f"Provider '{name}' ended the stream early.")
-        except GatewayError as exc:
-            if out is None and not frames:
-                raise
-            # The chunks translated before the error still go out, then (once) the usage the
-            # client asked for: a cut stream is charged what was produced, so it says so.
-            if translator.chat.include_usage and not usage_sent:
-                usage = {"choices": [], "usage": translator.final_usage().as_dict(), **stamp}
-                frames.append(frame(orjson.dumps(usage)))
-            frames.append(frame(orjson.dumps({"error": exc.message})))
+            try:
+                while True:
+                    since = clock()
+                    watchdog.reading = True
+                    try:
+                        data = await content.readany()
+                    except asyncio.CancelledError as exc:
+                        if not watchdog.fired:
+                            raise
+                        watchdog.task.uncancel()
+                        self.metrics.upstream_errors.labels(name, "stalled").inc()
+                        raise UpstreamTimeout(f"Provider '{name}' stalled mid-stream.") from exc
+                    except (aiohttp.ClientError, OSError) as exc:
+                        self.metrics.upstream_errors.labels(name, "reset").inc()
+                        raise UpstreamError(f"Provider '{name}' dropped the stream.") from exc
+                    finally:
+                        watchdog.reading = False
+                        timing.upstream += clock() - since
+                    for event in parser.feed(data) if data else parser.close():
+                        for chunk in translator.feed(event):
+                            chunk.update(stamp)
+                            usage_sent = usage_sent or bool(chunk.get("usage"))
+                            frames.append(frame(orjson.dumps(chunk)))
+                    if not data:
+                        break
+                    if frames:
+                        if out is None:
+                            out = await self._start(request, headers, timing)
+                        await send(b"".join(frames))
+                        frames.clear()
+                for chunk in translator.finish():
+                    chunk.update(stamp)
+                    usage_sent = usage_sent or bool(chunk.get("usage"))
+                    frames.append(frame(orjson.dumps(chunk)))
+                if not translator.done:
+                    self.metrics.upstream_errors.labels(name, "truncated").inc()
+                    raise UpstreamError(f"Provider '{name}' ended the stream early.")
+            except GatewayError as exc:
+                if out is None and not frames:
+                    raise
+                # The chunks translated before the error still go out, then (once) the usage
+                # the client asked for: a cut stream is charged what was produced, so it says so.
+                if translator.chat.include_usage and not usage_sent:
+                    usage = {"choices": [], "usage": translator.final_usage().as_dict(), **stamp}
+                    frames.append(frame(orjson.dumps(usage)))
+                frames.append(frame(orjson.dumps({"error": exc.message})))
+                if out is None:
+                    out = await self._start(request, headers, timing)
+                await send(b"".join(frames), eof=True)
+                return out
+            finally:
+                # On any early exit (client gone, error) the body is unfinished, and release()
+                # closes the connection: the provider sees it at once and stops generating.
+                resp.release()
             if out is None:
                 out = await self._start(request, headers, timing)
-            await out.write(b"".join(frames))
-            await out.write_eof()
+            frames.append(DONE)
+            await send(b"".join(frames), eof=True)
             return out
+        except asyncio.CancelledError:
+            if watchdog.client_stalled:
+                self.metrics.client_stalls.inc()
+                if request.transport is not None:
+                    request.transport.abort()  # what it did not read is dropped, not flushed
+            raise
         finally:
             watchdog.close()
-            # On any early exit (client gone, error) the body is unfinished, and release()
-            # closes the connection: the provider sees it at once and stops generating.
-            resp.release()
-        if out is None:
-            out = await self._start(request, headers, timing)
-        frames.append(DONE)
-        await out.write(b"".join(frames))
-        await out.write_eof()
-        return out
 
     @staticmethod
     async def _start(
@@ -221,26 +250,41 @@ class Upstream:
 
 
 class IdleWatchdog:
-    """Cancels the current task when a read has waited `idle` seconds.
+    """Cancels the current task when a read from the provider has waited `idle` seconds
+    (`fired`), or a write to the client has waited `client_idle` seconds (`client_stalled`).
 
     One timer per idle period, not one per read: `asyncio.timeout` around every read armed
     and cancelled a timer per chunk, 4.0 us a read against 0.1 us here (uvloop, timeit).
-    The pump sets `reading` around each read; the timer, when it fires, looks at how long
-    the current read has waited and either cancels the task (`fired`) or sets itself again
-    for when that read would be overdue. Time spent writing to a slow client is not idle.
+    The pump sets `reading` around each read and `writing` around each write; the timer, when
+    it fires, looks at how long the current read or write has waited and either cancels the
+    task or sets itself again for when that one would be overdue. A write waits only while
+    the client's socket is full: a client that reads nothing for `client_idle` seconds.
     """
 
-    __slots__ = ("_handle", "_idle", "_loop", "_read_since", "fired", "task")
+    __slots__ = (
+        "_client_idle",
+        "_handle",
+        "_idle",
+        "_loop",
+        "_read_since",
+        "_write_since",
+        "client_stalled",
+        "fired",
+        "task",
+    )
 
-    def __init__(self, idle: float):
+    def __init__(self, idle: float, client_idle: float = float("inf")):
         self._loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
         self.task = task
         self._idle = idle
+        self._client_idle = client_idle
         self._read_since: float | None = None
+        self._write_since: float | None = None
         self.fired = False
-        self._handle = self._loop.call_at(self._loop.time() + idle, self._check)
+        self.client_stalled = False
+        self._handle = self._loop.call_at(self._loop.time() + min(idle, client_idle), self._check)
 
     @property
     def reading(self) -> bool:
@@ -250,16 +294,30 @@ class IdleWatchdog:
     def reading(self, value: bool) -> None:
         self._read_since = self._loop.time() if value else None
 
+    @property
+    def writing(self) -> bool:
+        return self._write_since is not None
+
+    @writing.setter
+    def writing(self, value: bool) -> None:
+        self._write_since = self._loop.time() if value else None
+
     def _check(self) -> None:
         now = self._loop.time()
-        since = self._read_since
-        if since is not None and now - since >= self._idle:
+        read, write = self._read_since, self._write_since
+        if read is not None and now - read >= self._idle:
             self.fired = True
             self.task.cancel()
             return
-        self._handle = self._loop.call_at(
-            (since if since is not None else now) + self._idle, self._check
+        if write is not None and now - write >= self._client_idle:
+            self.client_stalled = True
+            self.task.cancel()
+            return
+        due = min(
+            (read if read is not None else now) + self._idle,
+            (write if write is not None else now) + self._client_idle,
         )
+        self._handle = self._loop.call_at(due, self._check)
 
     def close(self) -> None:
         self._handle.cancel()

@@ -17,7 +17,7 @@ from aiohttp import web
 from proxy.config import PUBLIC_PREFIX
 from proxy.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from proxy.providers.base import ChatRequest
-from proxy.tokens import estimate_prompt_tokens
+from proxy.tokens import estimate_prediction_tokens, estimate_prompt_tokens
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -173,14 +173,23 @@ def validate_chat(
     if body.get("temperature") is None:
         body["temperature"] = default_temperature
 
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    tools = body.get("tools")
-    extra = len(orjson.dumps(tools)) if tools else 0
+    # Both names mean the same cap (max_tokens is its older name); given both, the smaller.
+    caps = [body[n] for n in ("max_completion_tokens", "max_tokens") if body.get(n) is not None]
+    max_tokens = min(caps) if caps else None
+    if max_tokens is None:
+        # The cap the gateway sends when the client sets none: the largest of the deployments
+        # that may serve it, each of which then gets its own (chat.ChatRequest.cap_for).
+        cap = max(deployment.default_max_tokens for deployment, _ in models[model])
+    else:
+        cap = max_tokens
     return ChatRequest(
         body=body,
         public_model=model,
         stream=stream,
         include_usage=include_usage and stream,
         max_tokens=max_tokens,
-        prompt_tokens_estimate=estimate_prompt_tokens(messages, extra),
+        prompt_tokens_estimate=estimate_prompt_tokens(body),
+        choices=body.get("n") or 1,
+        cap=cap,
+        completion_extra=estimate_prediction_tokens(body),
     )

@@ -25,9 +25,18 @@ from proxy.server import GatewayRunner
 from tests.fakes.openai_upstream import Record, create_fake_openai
 
 ADMIN_TOKEN = "test-admin-token"
+# Concurrency is not what most tests are about: they may run hundreds of requests at once.
 DEFAULT_TIERS = {
-    "free": {"monthly_tokens": 1_000_000, "requests_per_minute": 60},
-    "premium": {"monthly_tokens": None, "requests_per_minute": 100_000},
+    "free": {
+        "monthly_tokens": 1_000_000,
+        "requests_per_minute": 60,
+        "max_concurrent_requests": 100_000,
+    },
+    "premium": {
+        "monthly_tokens": None,
+        "requests_per_minute": 100_000,
+        "max_concurrent_requests": 100_000,
+    },
 }
 
 

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from proxy.appkeys import ACCOUNTANT, ACCOUNTS
+from proxy.tokens import estimate_prompt_tokens
 from tests.conftest import FakeUpstream, Gateway, GatewayFactory, RedisServer, openai_provider
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
 
@@ -23,9 +24,10 @@ MODELS = {
     "woozlit/endless": [{"provider": "openai", "model": "endless"}],
 }
 MESSAGES = [{"role": "user", "content": "hi"}]
-# The hold of one request: prompt estimate (ceil(2/4) + 4 per message + 3) + max_tokens.
+# The hold of one request: its prompt estimate + max_tokens.
 MAX_TOKENS = 100
-HOLD = 1 + 4 + 3 + MAX_TOKENS
+PROMPT_ESTIMATE = estimate_prompt_tokens({"messages": MESSAGES})
+HOLD = PROMPT_ESTIMATE + MAX_TOKENS
 QUOTA_MESSAGE = "Monthly token limit exceeded. Your usage will reset next month."
 
 
@@ -78,11 +80,12 @@ async def check_quota_admits_exactly_k(
     gateway: GatewayFactory, upstream: FakeUpstream, store_url: str, k: int
 ) -> tuple[Gateway, Gateway]:
     """300 concurrent requests through two instances sharing `store_url`, against an account
-    whose quota admits exactly k of them: exactly k pass, and `used` is what they were told."""
+    whose quota admits exactly k of them: exactly k pass, and `used` is what they were told.
+    (What remains after k holds covers the next request's prompt, not one token more.)"""
     account = {
         "tier": "free",
         "developer": True,
-        "monthly_token_limit": k * HOLD + HOLD - 1,
+        "monthly_token_limit": k * HOLD + PROMPT_ESTIMATE,
         "requests_per_minute": 1000,
     }
     a, b = await two_instances(gateway, upstream, store_url, account)
@@ -195,9 +198,8 @@ async def test_stream_cut_by_the_client_is_charged_what_was_produced(
             break
         await asyncio.sleep(0.01)
     assert fake_openai.record.disconnects == 1
-    prompt_estimate = 1 + 4 + 3
     # The gateway forwarded at least what we read (10 x "la "), and charges it as estimated.
-    assert usage["prompt_tokens"] == prompt_estimate
+    assert usage["prompt_tokens"] == PROMPT_ESTIMATE
     assert usage["completion_tokens"] >= (10 * 3 + 3) // 4
     assert usage["completion_tokens"] <= (20 * 3 + 3) // 4
     assert usage["requests"] == 1
@@ -207,22 +209,25 @@ async def test_stream_cut_by_the_client_is_charged_what_was_produced(
 async def test_quota_refusal_message_and_usage_endpoint(
     gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str
 ):
+    # The first request leaves less than the next one's prompt estimate + 1 token.
+    limit = PROMPT_TOKENS + COMPLETION_TOKENS + PROMPT_ESTIMATE
     gw = await gateway(
         {"openai": openai_provider(fake_openai.url)},
         MODELS,
         redis_url=redis_url,
-        account={"tier": "free", "developer": True, "monthly_token_limit": HOLD},
+        account={"tier": "free", "developer": True, "monthly_token_limit": limit},
     )
     async with aiohttp.ClientSession() as session:
         assert (await chat(session, gw, "woozlit/gpt-4o-mini"))[0] == 200
-        status, body, _ = await chat(session, gw, "woozlit/gpt-4o-mini")
+        status, body, headers = await chat(session, gw, "woozlit/gpt-4o-mini")
         assert (status, body) == (429, {"error": QUOTA_MESSAGE})
+        assert headers["x-should-retry"] == "false"
         async with session.get(gw.base_url + "/v1/usage", headers=gw.auth()) as resp:
             assert resp.status == 200
             usage = await resp.json()
-    assert usage["limit"] == HOLD
+    assert usage["limit"] == limit
     assert usage["used"] == PROMPT_TOKENS + COMPLETION_TOKENS
-    assert usage["remaining"] == HOLD - usage["used"]
+    assert usage["remaining"] == limit - usage["used"]
     assert set(usage) == {"month", "limit", "used", "remaining", "reset_at"}
 
 

@@ -79,6 +79,7 @@ def chat(
         include_usage=include_usage,
         max_tokens=max_tokens,
         prompt_tokens_estimate=11,
+        cap=max_tokens or 4096,  # as validation sets it: the client's cap, or the default
     )
 
 

@@ -64,6 +64,8 @@ def chat(*, stream: bool = False, include_usage: bool = False, **body: Any) -> C
         include_usage=include_usage and stream,
         max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
         prompt_tokens_estimate=10,
+        # As validation sets it: the client's cap, or the default one.
+        cap=body.get("max_completion_tokens") or body.get("max_tokens") or 4096,
     )
 
 
@@ -179,6 +181,7 @@ def test_generation_config_mapping():
 
 def test_default_temperature_is_sent_and_single_stop_string_accepted():
     assert translate(stop="###")["generationConfig"] == {
+        "maxOutputTokens": 4096,  # the cap reserved when the client sets none
         "temperature": 0.7,
         "stopSequences": ["###"],
     }

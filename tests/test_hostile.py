@@ -79,7 +79,14 @@ MODELS = {
     GEMINI: [{"provider": "google", "model": "multi"}],
 }
 # A metered tier, so that holds (prompt estimate + max_tokens) really go through the scripts.
-TIERS = {**DEFAULT_TIERS, "free": {"monthly_tokens": 10**12, "requests_per_minute": 1_000_000}}
+TIERS = {
+    **DEFAULT_TIERS,
+    "free": {
+        "monthly_tokens": 10**12,
+        "requests_per_minute": 1_000_000,
+        "max_concurrent_requests": 100_000,
+    },
+}
 MAX_BODY = 4 * 1024 * 1024  # the default server.max_body_bytes
 REQUEST_TIMEOUT = 10.0  # far above any honest answer here; reaching it is a hang
 FUZZ = settings(

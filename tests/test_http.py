@@ -691,20 +691,23 @@ async def test_other_openai_fields_pass_through(gw, http, fake_openai):
         "n": 2,
         "stop": ["\n\n", "END"],
         "logit_bias": {"50256": -100},
-        "max_completion_tokens": 300,
         "top_p": 0.9,
         "frequency_penalty": 0.5,
         "presence_penalty": -0.5,
-        "max_tokens": 100,
         "metadata": {"team": "x"},
     }
+    caps = {"max_completion_tokens": 300, "max_tokens": 100}
     for stream in (False, True):
-        answer = await chat(http, gw, with_(stream=stream, **extra))
+        answer = await chat(http, gw, with_(stream=stream, **extra, **caps))
         assert answer.status == 200
         sent = fake_openai.record.requests[-1]
         assert {k: sent[k] for k in extra} == extra
         assert sent["model"] == "gpt-4o-mini"
         assert sent["messages"] == HELLO
+        # The two names of one cap become one, the smaller, under the name the upstream
+        # reads: the cap that was reserved.
+        assert sent["max_tokens"] == 100
+        assert "max_completion_tokens" not in sent
 
 
 async def test_stream_always_asks_upstream_for_usage(gw, http, fake_openai):

@@ -29,7 +29,8 @@ CONFIG = parse_config(
     "test.yaml",
     os.environ,
 )
-TIER_ARGS = ["free", 1000, 3, "premium", "", 600]
+TIERS["free"]["max_concurrent_requests"] = 5
+TIER_ARGS = ["free", 1000, 3, 5, "premium", "", 600, 64]
 HOLD_TTL = 900_000
 T0 = int(datetime(2026, 11, 20, 12, 0, tzinfo=UTC).timestamp() * 1000)
 
@@ -58,25 +59,43 @@ async def account(store: Store) -> tuple[str, str]:
 
 
 async def admit(
-    store: Store, account: tuple[str, str], rid: str, hold: int, now: int, consume: str = "1"
+    store: Store,
+    account: tuple[str, str],
+    rid: str,
+    base: int,
+    now: int,
+    mode: str = "hold",
+    *,
+    choices: int = 1,
+    cap: int = 0,
 ) -> list:
+    """Admit `rid`, holding `base` + `choices` x `cap` tokens (or less, with a lower cap)."""
     account_id, key_id = account
     month = month_at(now)
     return await store.call(
         "admit",
         keys.admit_keys(account_id, key_id, month),
-        [month, rid, hold, HOLD_TTL, consume, str(now), *TIER_ARGS],
+        [month, rid, base, choices, cap, HOLD_TTL, mode, str(now), *TIER_ARGS],
     )
 
 
 async def settle(
-    store: Store, account: tuple[str, str], rid: str, prompt: int, completion: int, now: int
+    store: Store,
+    account: tuple[str, str],
+    rid: str,
+    prompt: int,
+    completion: int,
+    now: int,
+    *,
+    hold: int = -1,
+    limit: int = -1,
 ) -> list:
+    """Settle `rid`, which was admitted with `hold` under `limit` (-1: unlimited)."""
     account_id, key_id = account
     month = month_at(now)
     return await store.call(
         "settle",
-        keys.settle_keys(account_id, month),
+        keys.settle_keys(account_id, key_id, month),
         [
             month,
             rid,
@@ -87,13 +106,24 @@ async def settle(
             "1",
             keys.USAGE_TTL_SECONDS,
             str(now),
+            hold,
+            limit,
+            keys.SETTLED_MEMORY_MS,
         ],
     )
 
 
+async def renew(store: Store, account: tuple[str, str], rids: list[str], now: int) -> int:
+    account_id, key_id = account
+    args: list = [HOLD_TTL, str(now)]
+    for rid in rids:
+        args += [rid, 4]
+    return await store.call("renew", keys.renew_keys(account_id, [key_id]), args)
+
+
 async def test_admit_answers_limits(store, account):
     reply = await admit(store, account, "r1", 100, T0)
-    assert reply == ["ok", 3, 2, 60000, 1000, 0, 100]
+    assert reply == ["ok", 3, 2, 60000, 1000, 0, 100, 0, 100]
 
 
 async def test_rate_limit_is_an_exact_sliding_window(store, account):
@@ -117,7 +147,7 @@ async def test_no_double_burst_at_a_minute_edge(store, account):
 
 async def test_check_only_admission_consumes_nothing(store, account):
     for i in range(5):
-        assert (await admit(store, account, f"c{i}", 0, T0, consume="0"))[:3] == ["ok", 3, 3]
+        assert (await admit(store, account, f"c{i}", 0, T0, "check"))[:3] == ["ok", 3, 3]
     assert (await admit(store, account, "r", 0, T0))[:3] == ["ok", 3, 2]
 
 
@@ -125,15 +155,16 @@ async def test_quota_holds_and_settles(store, account):
     assert (await admit(store, account, "r1", 400, T0))[0] == "ok"
     assert (await admit(store, account, "r2", 400, T0 + 1))[0] == "ok"
     assert await admit(store, account, "r3", 400, T0 + 2) == ["quota", 1000, 0, 800]
-    assert await settle(store, account, "r1", 30, 70, T0 + 3) == ["ok", 100]
+    assert await settle(store, account, "r1", 30, 70, T0 + 3, hold=400) == ["ok", 100, 100]
     # used 100 + held 400 + 400 <= 1000
     assert (await admit(store, account, "r3", 400, 61_000 + T0))[0] == "ok"
 
 
 async def test_settle_is_idempotent(store, account):
     await admit(store, account, "r1", 400, T0)
-    assert await settle(store, account, "r1", 10, 20, T0 + 1) == ["ok", 30]
-    assert await settle(store, account, "r1", 10, 20, T0 + 2) == ["gone", 30]
+    assert await settle(store, account, "r1", 10, 20, T0 + 1) == ["ok", 30, 30]
+    # A retry (its first reply was lost, say) charges nothing.
+    assert await settle(store, account, "r1", 10, 20, T0 + 2) == ["dup", 30, 0]
     account_id, _ = account
     held = await store.client.get(keys.held(account_id))
     assert int(held) == 0
@@ -155,10 +186,12 @@ async def test_expired_holds_are_released(store, account):
     later = T0 + HOLD_TTL + 1
     assert (await admit(store, account, "r3", 900, later))[0] == "ok"
     assert int(await store.client.get(keys.held(account_id))) == 900
-    # A settle after the hold expired (an instance gone for an hour) charges nothing.
-    assert await settle(store, account, "crashed", 5, 5, later + 1) == ["gone", 0]
+    # A request whose hold was swept (its instance could not renew it) is still charged,
+    # within the hold it had; r3's hold stays.
+    reply = await settle(store, account, "crashed", 5, 5, later + 1, hold=900, limit=1000)
+    assert reply == ["ok", 10, 10]
     assert int(await store.client.get(keys.held(account_id))) == 900
-    assert await settle(store, account, "r3", 5, 5, later + 2) == ["ok", 10]
+    assert await settle(store, account, "r3", 5, 5, later + 2, hold=900) == ["ok", 20, 10]
     assert int(await store.client.get(keys.held(account_id))) == 0
 
 
@@ -166,7 +199,7 @@ async def test_month_rollover(store, account):
     november = T0
     december = int(datetime(2026, 12, 1, 0, 0, 0, tzinfo=UTC).timestamp() * 1000)
     await admit(store, account, "r1", 500, november)
-    assert await settle(store, account, "r1", 400, 500, november + 1) == ["ok", 900]
+    assert await settle(store, account, "r1", 400, 500, november + 1) == ["ok", 900, 900]
     assert (await admit(store, account, "r2", 500, november + 61_000))[0] == "quota"
     reply = await admit(store, account, "r3", 500, december)
     assert reply[0] == "ok" and reply[5] == 0  # a new month, nothing used
@@ -175,7 +208,7 @@ async def test_month_rollover(store, account):
     wrong = await store.call(
         "admit",
         keys.admit_keys(account_id, key_id, "2026-11"),
-        ["2026-11", "r4", 1, HOLD_TTL, "1", str(december), *TIER_ARGS],
+        ["2026-11", "r4", 1, 1, 0, HOLD_TTL, "hold", str(december), *TIER_ARGS],
     )
     assert wrong == ["month", "2026-12"]
 
@@ -192,7 +225,7 @@ async def test_month_of_leap_day_and_year_end(store, account):
         reply = await store.call(
             "admit",
             keys.admit_keys(account_id, key_id, "1999-01"),
-            ["1999-01", "x", 0, HOLD_TTL, "0", str(ms), *TIER_ARGS],
+            ["1999-01", "x", 0, 1, 0, HOLD_TTL, "check", str(ms), *TIER_ARGS],
         )
         assert reply == ["month", month]
 
@@ -225,20 +258,27 @@ async def test_unlimited_accounts_hold_no_tokens_but_settle_once(store, account)
     reply = await admit(store, account, "r1", 10**9, T0)
     assert reply[0] == "ok" and reply[4] == -1
     assert await store.client.get(keys.held(account_id)) is None
-    assert await settle(store, account, "r1", 1, 2, T0 + 1) == ["ok", 3]
-    assert await settle(store, account, "r1", 1, 2, T0 + 2) == ["gone", 3]
+    assert await settle(store, account, "r1", 1, 2, T0 + 1) == ["ok", 3, 3]
+    assert await settle(store, account, "r1", 1, 2, T0 + 2) == ["dup", 3, 0]
     assert await store.client.hlen(keys.holds(account_id)) == 0
 
 
 async def test_nothing_grows_per_request(store, account):
-    """Settled requests leave no trace but the month's counters."""
-    account_id, _ = account
+    """Settled requests leave no trace but the month's counters, and their ids for as long as
+    a settle may be retried."""
+    account_id, key_id = account
     await store.client.hset(keys.account(account_id), "requests_per_minute", "1000")
     for i in range(50):
         await admit(store, account, f"r{i}", 10, T0 + i)
         await settle(store, account, f"r{i}", 1, 1, T0 + i)
     assert await store.client.hlen(keys.holds(account_id)) == 0
     assert await store.client.zcard(keys.hold_expiries(account_id)) == 0
+    assert await store.client.zcard(keys.in_flight(account_id, key_id)) == 0
+    assert await store.client.zcard(keys.settled(account_id)) == 50
+    later = T0 + keys.SETTLED_MEMORY_MS + 100
+    await admit(store, account, "last", 10, later)
+    await settle(store, account, "last", 1, 1, later)
+    assert await store.client.zcard(keys.settled(account_id)) == 1
 
 
 async def test_charge_from_elsewhere(store, account):
@@ -251,3 +291,93 @@ async def test_charge_from_elsewhere(store, account):
     )
     assert reply == ["ok", 700]
     assert (await admit(store, account, "r1", 400, T0))[0] == "quota"
+
+
+async def test_every_choice_is_held(store, account):
+    reply = await admit(store, account, "r1", 10, T0, choices=3, cap=100)
+    assert reply[0] == "ok" and reply[7:] == [100, 310]
+    account_id, _ = account
+    assert int(await store.client.get(keys.held(account_id))) == 310
+
+
+async def test_the_last_tokens_of_a_month_lower_the_cap(store, account):
+    """What remains covers the prompt but not the full hold: admitted with a lower cap, so
+    that the hold, and so the charge, ends exactly at the limit."""
+    reply = await admit(store, account, "r1", 100, T0, cap=5000)
+    assert reply[0] == "ok" and reply[7:] == [900, 1000]
+    assert await admit(store, account, "r2", 0, T0 + 1, cap=1) == ["quota", 1000, 0, 1000]
+    # n=128 with max_tokens 9000 on 1000: each choice gets what an equal share leaves.
+    await settle(store, account, "r1", 0, 0, T0 + 2, hold=1000, limit=1000)
+    reply = await admit(store, account, "r3", 10, T0 + 3, choices=128, cap=9000)
+    assert reply[0] == "ok" and reply[7:] == [7, 10 + 128 * 7]
+    # Not even one token a choice beyond the prompt: refused.
+    await settle(store, account, "r3", 0, 0, T0 + 4, hold=906, limit=1000)
+    assert (await admit(store, account, "r4", 990, T0 + 5, choices=11, cap=100))[0] == "quota"
+
+
+async def test_the_charge_never_passes_the_hold_or_the_limit(store, account):
+    account_id, _ = account
+    month = month_at(T0)
+    await admit(store, account, "r1", 10, T0, cap=40)
+    # A provider that reports more than the request could cost: the rest is excess.
+    assert await settle(store, account, "r1", 30, 70, T0 + 1, hold=50, limit=1000) == [
+        "ok",
+        50,
+        50,
+    ]
+    usage = await store.client.hgetall(keys.usage(account_id, month))
+    assert (usage["used"], usage["prompt"], usage["completion"], usage["excess"]) == (
+        "50",
+        "30",
+        "20",
+        "50",
+    )
+    # Usage from elsewhere took the account near its limit meanwhile: charged up to it.
+    await admit(store, account, "r2", 10, T0 + 2, cap=100)
+    await store.call(
+        "charge", [keys.usage(account_id, month)], [month, 900, "web", 60, str(T0 + 3)]
+    )
+    assert await settle(store, account, "r2", 10, 100, T0 + 4, hold=110, limit=1000) == [
+        "ok",
+        1000,
+        50,
+    ]
+
+
+async def test_requests_in_flight_are_capped_per_key(store, account):
+    await store.client.hset(keys.account(*account[:1]), "requests_per_minute", "1000")
+    for i in range(5):
+        assert (await admit(store, account, f"r{i}", 1, T0 + i))[0] == "ok"
+    assert await admit(store, account, "r5", 1, T0 + 5) == ["busy", 5]
+    # A check or a replay is no request in flight.
+    assert (await admit(store, account, "c", 1, T0 + 5, "check"))[0] == "ok"
+    assert (await admit(store, account, "p", 1, T0 + 5, "rate"))[0] == "ok"
+    await settle(store, account, "r0", 1, 1, T0 + 6)
+    assert (await admit(store, account, "r5", 1, T0 + 7))[0] == "ok"
+    # The requests of a dead instance leave the count when their hold would expire.
+    assert (await admit(store, account, "r6", 1, T0 + HOLD_TTL + 8))[0] == "ok"
+
+
+async def test_live_holds_are_renewed_not_swept(store, account):
+    account_id, key_id = account
+    assert (await admit(store, account, "live", 900, T0))[0] == "ok"
+    assert (await admit(store, account, "dead", 50, T0))[0] == "ok"
+    # Renewed just before it would expire; "dead" is not renewed.
+    assert await renew(store, account, ["live", "settled-meanwhile"], T0 + HOLD_TTL - 1) == 1
+    later = T0 + HOLD_TTL + 1
+    assert await admit(store, account, "r", 101, later) == ["quota", 1000, 0, 900]
+    assert (
+        await store.client.zscore(keys.hold_expiries(account_id), "live") == T0 + 2 * HOLD_TTL - 1
+    )
+    assert await store.client.zscore(keys.in_flight(account_id, key_id), "live") is not None
+    assert await store.client.hget(keys.holds(account_id), "dead") is None
+
+
+async def test_a_replay_counts_against_the_rate_but_costs_no_tokens(store, account):
+    account_id, _ = account
+    assert (await admit(store, account, "r1", 1000, T0))[0] == "ok"  # the whole quota held
+    reply = await admit(store, account, "p1", 0, T0 + 1, "rate")
+    assert reply[:3] == ["ok", 3, 1] and reply[8] == 0
+    assert (await admit(store, account, "p2", 0, T0 + 2, "rate"))[0] == "ok"
+    assert (await admit(store, account, "p3", 0, T0 + 3, "rate"))[0] == "rate"
+    assert int(await store.client.get(keys.held(account_id))) == 1000

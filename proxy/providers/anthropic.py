@@ -4,7 +4,7 @@ Request: `system` and `developer` messages are hoisted into `system`; `tool` mes
 `tool_result` blocks in a user turn and assistant `tool_calls` become `tool_use` blocks; then
 consecutive turns of the same role are merged, because Anthropic wants user and assistant to
 alternate and wants every result of one parallel tool call in one user turn. `max_tokens` is
-required there, so it falls back to the provider's `default_max_tokens`. `temperature` is
+required there; it is always the cap that was reserved (`ChatRequest.cap_for`). `temperature` is
 clamped to Anthropic's 0..1 (OpenAI allows up to 2). `top_p` is passed through as given (some
 newer Claude models refuse `temperature` and `top_p` together; temperature is always sent).
 
@@ -398,7 +398,7 @@ class AnthropicProvider(Provider):
         system, messages = translate_messages(source.get("messages") or [])
         body: dict[str, Any] = {
             "model": deployment.model,
-            "max_tokens": chat.max_tokens or self.config.default_max_tokens,
+            "max_tokens": chat.cap_for(deployment),
             "messages": messages,
         }
         if system:

@@ -77,8 +77,9 @@ _PENALTIES = {"presence_penalty": "presencePenalty", "frequency_penalty": "frequ
 # -- request -------------------------------------------------------------------------------
 
 
-def build_body(chat: ChatRequest) -> dict[str, Any]:
-    """The Gemini GenerateContentRequest for an OpenAI chat request."""
+def build_body(chat: ChatRequest, cap: int) -> dict[str, Any]:
+    """The Gemini GenerateContentRequest for an OpenAI chat request; `cap` is the output
+    cap of each candidate (maxOutputTokens)."""
     body = chat.body
     if body.get("functions") or body.get("function_call"):
         raise BadRequest("functions and function_call are deprecated; use tools and tool_choice.")
@@ -91,9 +92,7 @@ def build_body(chat: ChatRequest) -> dict[str, Any]:
     request: dict[str, Any] = {"contents": contents}
     if system:
         request["systemInstruction"] = {"parts": system}
-    generation = _generation_config(chat)
-    if generation:
-        request["generationConfig"] = generation
+    request["generationConfig"] = _generation_config(chat, cap)
     tools = body.get("tools")
     if tools:
         if not isinstance(tools, list):
@@ -248,15 +247,13 @@ def _function_response(
     return {"functionResponse": {"name": name, "response": response}}
 
 
-def _generation_config(chat: ChatRequest) -> dict[str, Any]:
+def _generation_config(chat: ChatRequest, cap: int) -> dict[str, Any]:
     body = chat.body
-    config: dict[str, Any] = {}
+    config: dict[str, Any] = {"maxOutputTokens": cap}
     if body.get("temperature") is not None:
         config["temperature"] = body["temperature"]
     if body.get("top_p") is not None:
         config["topP"] = body["top_p"]
-    if chat.max_tokens is not None:
-        config["maxOutputTokens"] = chat.max_tokens
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, (str, list)):
         raise BadRequest("stop must be a string or an array of strings.")
@@ -505,7 +502,7 @@ class GeminiProvider(Provider):
         method = "streamGenerateContent?alt=sse" if chat.stream else "generateContent"
         url = f"{self.base}/{quote(model, safe='/')}:{method}"
         try:
-            data = orjson.dumps(build_body(chat))
+            data = orjson.dumps(build_body(chat, chat.cap_for(deployment)))
         except orjson.JSONEncodeError as exc:
             # Tool arguments and results arrive as JSON text, parsed here, and may nest past
             # the 254 levels orjson writes.

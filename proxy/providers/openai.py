@@ -1,7 +1,9 @@
 """OpenAI-compatible upstreams: OpenAI, DeepSeek, and any vLLM or Ollama server.
 
-The request passes through as the client sent it, with the upstream's model name and
-`stream_options.include_usage` always on so that every stream ends with the real usage.
+The request passes through as the client sent it, with the upstream's model name,
+`stream_options.include_usage` always on so that every stream ends with the real usage,
+and the output cap that was reserved (`ChatRequest.cap_for`) under the name the upstream
+reads (`max_tokens_parameter`: `max_completion_tokens` for OpenAI, `max_tokens` elsewhere).
 DeepSeek differs in small ways handled here: usage may ride on the finish chunk,
 `: keep-alive` comments come between events, and deltas may carry `reasoning_content`.
 """
@@ -91,6 +93,10 @@ class OpenAIProvider(Provider):
         self.require_key()
         body = dict(chat.body)
         body["model"] = deployment.model
+        # The cap the upstream obeys is the one reserved, under the name it reads.
+        body.pop("max_tokens", None)
+        body.pop("max_completion_tokens", None)
+        body[self.config.max_tokens_parameter] = chat.cap_for(deployment)
         body["stream"] = chat.stream
         if chat.stream:
             options = body.get("stream_options")
