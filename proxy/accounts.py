@@ -241,6 +241,8 @@ class Accounts:
             "requests": int(counts.get("requests", 0)),
             "prompt_tokens": int(counts.get("prompt", 0)),
             "completion_tokens": int(counts.get("completion", 0)),
+            # Reported by providers beyond what requests had reserved: served, not charged.
+            "excess_tokens": int(counts.get("excess", 0)),
             "by_model": _section(counts, "m:"),
             "by_key": _section(counts, "k:"),
             "by_source": _section(counts, "s:"),
