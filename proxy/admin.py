@@ -79,16 +79,9 @@ async def charge_usage(request: web.Request) -> web.Response:
     return json(await accounts.charge(request.match_info["id"], await _body(request)))
 
 
-def _authorized(authorization: str | None, token: str) -> bool:
-    try:
-        return auth.admin_authorized(authorization, token)
-    except UnicodeEncodeError:  # bytes that are not UTF-8 (aiohttp keeps them as surrogates)
-        return False
-
-
 def _guarded(handler: Handler, token: str) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        if not _authorized(request.headers.get("Authorization"), token):
+        if not auth.admin_authorized(request.headers.get("Authorization"), token):
             raise Unauthorized("Invalid or missing admin token.")
         return await handler(request)
 

@@ -46,6 +46,7 @@ def admin_authorized(authorization: str | None, token: str) -> bool:
     if not authorization or not token:
         return False
     scheme, _, given = authorization.partition(" ")
+    # aiohttp keeps header bytes that are not UTF-8 as surrogates: encode them back as bytes.
     return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
+        given.strip().encode("utf-8", "surrogateescape"), token.encode()
     )

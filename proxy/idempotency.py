@@ -26,7 +26,10 @@ MAX_KEY_LENGTH = 255
 
 
 def _digest(data: bytes | str) -> str:
-    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+    if isinstance(data, str):
+        # A header's bytes that are not UTF-8 reach us as surrogates (aiohttp): hash the bytes.
+        data = data.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(data).hexdigest()
 
 
 class Claim:

@@ -123,3 +123,27 @@ async def test_a_served_answer_stays_served_when_the_store_fails_at_the_end(
             assert b'"choices"' in data
         finally:
             redis_server.start()
+
+
+async def test_a_key_of_bytes_that_are_not_utf8_works(
+    gateway: GatewayFactory, fake_openai: FakeUpstream
+):
+    """aiohttp keeps such header bytes as surrogates: hashing them was a 500."""
+    gw = await gateway({"openai": openai_provider(fake_openai.url)}, MODELS)
+    data = (
+        b'{"model": "woozlit/m", "messages": [{"role": "user", "content": "hi"}], "stream": false}'
+    )
+    answers = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
+        writer.write(
+            b"POST /api/woozlit/v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Authorization: Bearer " + gw.api_key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nIdempotency-Key: k\xff\xfe\r\n"
+            b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data
+        )
+        answers.append(await asyncio.wait_for(reader.read(-1), 10))
+        writer.close()
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), answers
+    assert b"Idempotent-Replayed: true" in answers[1]
+    assert len(fake_openai.record.requests) == 1
