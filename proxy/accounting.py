@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -204,6 +205,17 @@ class Accountant:
         """
         self._forget(admission)
         task = asyncio.create_task(self.settle(admission, usage, model, served=served))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def settle_when(self, admission: Admission, usage: Awaitable[Usage], model: str) -> None:
+        """Settle once `usage` is known (an answer still coming after its client left). The
+        request stays in flight, renewed and counted against its key's concurrency, till then."""
+
+        async def settle_later() -> None:
+            await self.settle(admission, await usage, model, served=True)
+
+        task = asyncio.create_task(settle_later())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 

@@ -73,6 +73,17 @@ class Exchange:
     sent: bool = False  # the request went to the provider
     opened: bool = False  # the provider's stream began
     status: str = "499"  # until we know better: the client went away
+    # A non-stream answer the client left before it came: the provider goes on and bills it.
+    answer: asyncio.Future[tuple[dict[str, Any], Usage | None]] | None = None
+
+    async def billed(self) -> Usage:
+        """The usage of the answer the client left before (`answer`), once it is in."""
+        assert self.answer is not None
+        try:
+            payload, usage = await self.answer
+        except Exception:  # a failed answer is not charged, as when the client stays
+            return Usage(0, 0)
+        return usage or estimate_completion(payload, self.chat)
 
     def charge(self) -> Usage:
         """The usage to charge, once the request is over."""
@@ -203,7 +214,10 @@ async def serve(
         metrics.in_flight.dec()
         usage = exchange.charge()
         served = exchange.status == "200" or usage.total_tokens > 0  # a request of the month
-        accountant.settle_soon(admission, usage, model, served=served)
+        if exchange.answer is not None:
+            accountant.settle_when(admission, exchange.billed(), model)
+        else:
+            accountant.settle_soon(admission, usage, model, served=served)
         now = time.perf_counter()
         metrics.request_done(
             model,
@@ -264,7 +278,14 @@ async def forward(
         exchange.status = "200"
         return out
     exchange.sent = True
-    payload, usage = await upstream.complete(provider, upstream_request, chat, timing)
+    answer = asyncio.ensure_future(upstream.complete(provider, upstream_request, chat, timing))
+    try:
+        payload, usage = await asyncio.shield(answer)
+    except asyncio.CancelledError:
+        # The client left. Closing the connection would not stop every provider billing the
+        # whole answer, so it is awaited, and charged (settle_when), in the background.
+        exchange.answer = answer
+        raise
     if usage is None:
         usage = estimate_completion(payload, chat)
     exchange.usage = usage

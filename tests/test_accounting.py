@@ -15,7 +15,14 @@ import pytest
 
 from proxy.appkeys import ACCOUNTANT, ACCOUNTS
 from proxy.tokens import estimate_prompt_tokens
-from tests.conftest import FakeUpstream, Gateway, GatewayFactory, RedisServer, openai_provider
+from tests.conftest import (
+    FakeUpstream,
+    Gateway,
+    GatewayFactory,
+    RedisServer,
+    eventually,
+    openai_provider,
+)
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
 
 MODELS = {
@@ -283,3 +290,26 @@ async def test_a_stream_cut_by_the_upstream_tells_the_client_its_charge(
     told = usage_event["usage"]["total_tokens"]
     assert told > 0
     assert (await usage_of(gw))["used"] == told
+
+
+async def test_a_client_that_leaves_a_non_stream_request_is_charged_its_answer(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str
+):
+    """The provider bills the whole answer although the client left: so does the gateway,
+    once the answer is in; till then the request still counts as in flight."""
+    gw = await gateway(
+        {"openai": openai_provider(fake_openai.url)},
+        MODELS,
+        redis_url=redis_url,
+        account={"tier": "free", "developer": True},
+    )
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(chat(session, gw), 0.5)
+    await asyncio.sleep(0.2)
+    assert gw.account_id in gw.app[ACCOUNTANT]._live
+    fake_openai.record.gate.set()
+    await eventually(lambda: gw.account_id not in gw.app[ACCOUNTANT]._live)
+    usage = await usage_of(gw)
+    assert usage["used"] == PROMPT_TOKENS + COMPLETION_TOKENS
+    assert usage["requests"] == 1 and usage["held"] == 0
