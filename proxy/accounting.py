@@ -203,7 +203,6 @@ class Accountant:
         The task is kept until done (retrying while the store is down), and `flush` or
         `drain` wait for it: usage reads and shutdown see every settle of this process.
         """
-        self._forget(admission)
         task = asyncio.create_task(self.settle(admission, usage, model, served=served))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -213,7 +212,8 @@ class Accountant:
         request stays in flight, renewed and counted against its key's concurrency, till then."""
 
         async def settle_later() -> None:
-            await self.settle(admission, await usage, model, served=True)
+            billed = await usage
+            await self.settle(admission, billed, model, served=billed.total_tokens > 0)
 
         task = asyncio.create_task(settle_later())
         self._pending.add(task)
@@ -238,9 +238,10 @@ class Accountant:
             keys.SETTLED_MEMORY_MS,
         ]
         loop = asyncio.get_running_loop()
-        # Settling is idempotent, so trying again until the store is back is safe; past the
-        # hold's lifetime it would charge nothing anyway.
-        deadline = loop.time() + self.hold_ttl_ms / 1000
+        # Settling is idempotent for as long as the store remembers a settled id, so trying
+        # again until the store is back is safe for that long; after it, a try whose reply was
+        # lost could be charged twice.
+        deadline = loop.time() + keys.SETTLED_MEMORY_MS / 1000
         while True:
             try:
                 reply = await self.store.run(
