@@ -13,7 +13,9 @@ scripts split finer (a CJK character is about one token, an emoji two or three),
 non-ASCII character counts as 2 x its UTF-8 bytes - 1 characters: 5 for CJK, 7 for an
 emoji, 3 for an accented Latin letter. Every message costs a few tokens of framing, as in
 OpenAI's counting guide. An image is counted at what OpenAI bills for a `detail: low` image
-(85) or at the most one image costs on gpt-4o, Claude or Gemini (about 1,600 tokens).
+(85) or at the most one image costs on gpt-4o, Claude or Gemini (about 1,600 tokens; but
+gpt-4o-mini counts an image as ~33 times as many tokens, and what that bills past the hold is
+recorded as excess). Tools add the system prompt a provider adds to use them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ IMAGE_TOKENS_LOW = 85  # OpenAI, detail: low
 # a 768 px tile.
 IMAGE_TOKENS = 1_600
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+# A request with tools is billed a system prompt the provider adds to enable tool use: up to
+# 530 tokens (Claude 3 Opus, tool_choice auto; Anthropic's "Tool use pricing and tokens").
+TOOL_USE_TOKENS = 530
 
 # Top-level request fields that are settings, not text the model reads: not billed.
 NOT_BILLED = frozenset(
@@ -120,7 +125,8 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
                 chars += _weight(message)
             continue
         chars += text_weight(name) + _weight(value)
-    return estimate_text_tokens(chars) + TOKENS_PER_MESSAGE * messages + TOKENS_PER_REQUEST
+    tools = TOOL_USE_TOKENS if body.get("tools") or body.get("functions") else 0
+    return estimate_text_tokens(chars) + TOKENS_PER_MESSAGE * messages + TOKENS_PER_REQUEST + tools
 
 
 def estimate_prediction_tokens(body: dict[str, Any]) -> int:
