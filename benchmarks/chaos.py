@@ -463,8 +463,10 @@ models:
     - {{provider: openai, model: {DEPLOYMENTS[0]}}}
     - {{provider: openai, model: {DEPLOYMENTS[1]}}}
 tiers:
-  free:    {{monthly_tokens: 1000000000000, requests_per_minute: 100000000}}
-  premium: {{monthly_tokens: null, requests_per_minute: 100000000}}
+  free:    {{monthly_tokens: 1000000000000, requests_per_minute: 100000000,
+            max_concurrent_requests: 100000000}}
+  premium: {{monthly_tokens: null, requests_per_minute: 100000000,
+            max_concurrent_requests: 100000000}}
 routing: {{deadline_seconds: 10}}
 server: {{shutdown_grace_seconds: 0, drain_seconds: 15}}
 log_level: INFO

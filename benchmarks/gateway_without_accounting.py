@@ -16,9 +16,9 @@ async def identify(self: Accountant, authorization: str | None) -> tuple[str, st
     return ("bench", "bench")
 
 
-async def admit(self: Accountant, owner: tuple[str, str], request_id: str, hold: int,
-                *, consume: bool = True) -> Admission:  # fmt: skip
-    return Admission(owner[0], owner[1], request_id, {})
+async def admit(self: Accountant, owner: tuple[str, str], request_id: str, *,
+                cap: int = 0, **_: Any) -> Admission:  # fmt: skip
+    return Admission(owner[0], owner[1], request_id, {}, cap)
 
 
 def settle_soon(self: Accountant, *args: Any, **kwargs: Any) -> None:

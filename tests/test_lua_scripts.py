@@ -3,6 +3,7 @@ store (fakeredis with lupa): both must give the same answers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -381,3 +382,36 @@ async def test_a_replay_counts_against_the_rate_but_costs_no_tokens(store, accou
     assert (await admit(store, account, "p2", 0, T0 + 2, "rate"))[0] == "ok"
     assert (await admit(store, account, "p3", 0, T0 + 3, "rate"))[0] == "rate"
     assert int(await store.client.get(keys.held(account_id))) == 1000
+
+
+async def test_an_instance_renews_all_its_live_requests_in_batches(store, account):
+    """Accountant.renew: every live request of this process, in calls of RENEW_BATCH."""
+    from proxy.accounting import RENEW_BATCH, Accountant
+
+    account_id, key_id = account
+    await store.client.hset(
+        keys.account(account_id), mapping={"tier": "premium", "requests_per_minute": "100000"}
+    )
+    config = parse_config(
+        {
+            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9"}},
+            "models": {"woozlit/m": [{"provider": "p", "model": "m"}]},
+            "tiers": {
+                "free": TIERS["free"],
+                "premium": {**TIERS["premium"], "max_concurrent_requests": 100_000},
+            },
+        },
+        "test.yaml",
+        os.environ,
+    )
+    accountant = Accountant(store, config, Metrics())
+    count = RENEW_BATCH * 2 + 7
+    for start in range(0, count, 100):
+        end = min(start + 100, count)
+        await asyncio.gather(*(accountant.admit(account, f"r{i}") for i in range(start, end)))
+    expiries = keys.hold_expiries(account_id)
+    await store.client.zadd(expiries, {f"r{i}": 1 for i in range(count)})  # about to expire
+    await accountant.renew()
+    scores = await store.client.zrange(expiries, 0, -1, withscores=True)
+    assert len(scores) == count and min(score for _, score in scores) > 1
+    assert await store.client.zcard(keys.in_flight(account_id, key_id)) == count
