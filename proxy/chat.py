@@ -262,7 +262,7 @@ async def forward(
     if chat.stream:
         exchange.translator = translator = provider.stream_translator(chat)
         exchange.sent = True
-        resp = await upstream.open(provider, upstream_request, timing)
+        resp = await upstream.open(provider, upstream_request, timing, stream=True)
         exchange.opened = True
         stamp = {
             "id": request_id,

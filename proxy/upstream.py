@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,16 @@ from proxy.providers.base import ChatRequest, Provider, StreamTranslator, Upstre
 from proxy.sse import DONE, SSEParser, frame
 
 BIG_BODY = 1 << 20
+# A stream's client may stop reading; then the pump stops reading its upstream, and what one
+# stream holds is bounded by these (aiohttp's defaults made it ~3 MB: a 256 KiB read buffer,
+# and one read of it all turned into one write of ~600 KiB, kept with its parts while it
+# waited). Reads from the upstream are at most STREAM_READ bytes, and aiohttp stops reading
+# its socket at 2 x that unread; the client transport pauses the pump past
+# STREAM_WRITE_HIGH_WATER; the client socket's kernel buffer is STREAM_SNDBUF (not autotuned
+# up to 4 MiB), so a client that reads nothing is noticed within seconds, not minutes.
+STREAM_READ = 1 << 12
+STREAM_WRITE_HIGH_WATER = 1 << 12
+STREAM_SNDBUF = 1 << 16
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -70,9 +81,10 @@ class Upstream:
         return timeout
 
     async def open(
-        self, provider: Provider, req: UpstreamRequest, timing: Timing
+        self, provider: Provider, req: UpstreamRequest, timing: Timing, *, stream: bool = False
     ) -> aiohttp.ClientResponse:
-        """Send the request; return the response once its headers say 2xx."""
+        """Send the request; return the response once its headers say 2xx. A `stream`'s body
+        is buffered in small reads (STREAM_READ)."""
         timeouts = provider.config.timeouts
         since = time.perf_counter()
         try:
@@ -83,6 +95,7 @@ class Upstream:
                     data=req.body if len(req.body) < BIG_BODY else io.BytesIO(req.body),
                     headers=req.headers,
                     timeout=self._client_timeout(provider),
+                    read_bufsize=STREAM_READ if stream else None,
                 )
                 if resp.status >= 300:
                     body = await resp.read()
@@ -167,6 +180,10 @@ class Upstream:
                 await out.write(data)
                 if eof:
                     await out.write_eof()
+                else:
+                    # out.write waits for the client only every 64 KiB written: wait now, as
+                    # soon as the client's transport is past its high-water mark.
+                    await request.writer.drain()
             finally:
                 watchdog.writing = False
 
@@ -176,7 +193,7 @@ class Upstream:
                     since = clock()
                     watchdog.reading = True
                     try:
-                        data = await content.readany()
+                        data = await content.read(STREAM_READ)
                     except asyncio.CancelledError as exc:
                         if not watchdog.fired:
                             raise
@@ -199,8 +216,10 @@ class Upstream:
                     if frames:
                         if out is None:
                             out = await self._start(request, headers, timing)
-                        await send(b"".join(frames))
-                        frames.clear()
+                        payload = b"".join(frames)
+                        frames.clear()  # nothing but the payload is kept while it waits
+                        data = b""
+                        await send(payload)
                 for chunk in translator.finish():
                     chunk.update(stamp)
                     usage_sent = usage_sent or bool(chunk.get("usage"))
@@ -246,6 +265,12 @@ class Upstream:
         timing.first_chunk = time.perf_counter()
         out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
         await out.prepare(request)
+        transport = request.transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high=STREAM_WRITE_HIGH_WATER)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
         return out
 
 
