@@ -47,6 +47,7 @@ log = logging.getLogger("proxy.accounting")
 
 KEY_CACHE_SIZE = 100_000
 SETTLE_RETRY_SECONDS = 1.0
+SETTLE_GIVE_UP_SECONDS = 3600.0
 # Requests renewed by one script call: a call blocks Redis for ~1 us a request.
 RENEW_BATCH = 1000
 
@@ -237,13 +238,12 @@ class Accountant:
             "",
             admission.hold,
             admission.limit,
-            keys.SETTLED_MEMORY_MS,
+            "1",  # the first try
         ]
         loop = asyncio.get_running_loop()
-        # Settling is idempotent for as long as the store remembers a settled id, so trying
-        # again until the store is back is safe for that long; after it, a try whose reply was
-        # lost could be charged twice.
-        deadline = loop.time() + keys.SETTLED_MEMORY_MS / 1000
+        # Settling is idempotent (a retry charges only a request that still holds), so trying
+        # again until the store is back is safe.
+        deadline = loop.time() + SETTLE_GIVE_UP_SECONDS
         while True:
             try:
                 reply = await self.store.run(
@@ -254,6 +254,7 @@ class Accountant:
                     log.error("settle of %s abandoned", admission.request_id)
                     return
                 await asyncio.sleep(SETTLE_RETRY_SECONDS)
+                args[-1] = "0"  # the try that failed may have run: a retry
                 continue
             if reply[0] == "ok":
                 charged = reply[2]

@@ -11,10 +11,6 @@ PREFIX = "wz"
 
 USAGE_TTL_SECONDS = 400 * 86400  # a month's usage stays readable for over a year
 RATE_WINDOW_MS = 60_000
-# How long a settled request id is remembered, so that settling again (a retry after a reply
-# that was lost) charges nothing. Retries come a second apart while the store answers; five
-# minutes covers a failover, and keeps at most 5 minutes of an account's requests.
-SETTLED_MEMORY_MS = 300_000
 
 
 def _tag(account_id: str) -> str:
@@ -59,11 +55,6 @@ def in_flight(account_id: str, key_id: str) -> str:
     return f"{_tag(account_id)}:in-flight:{key_id}"
 
 
-def settled(account_id: str) -> str:
-    """Request ids settled lately (zset, request id -> ms): settling is idempotent."""
-    return f"{_tag(account_id)}:settled"
-
-
 def idempotency(account_id: str, key_digest: str) -> str:
     """A client's Idempotency-Key: 'pending:<body digest>' or 'done:<body digest>:<answer>'."""
     return f"{_tag(account_id)}:idem:{key_digest}"
@@ -99,7 +90,6 @@ def settle_keys(account_id: str, key_id: str, month: str) -> list[str]:
         hold_expiries(account_id),
         held(account_id),
         in_flight(account_id, key_id),
-        settled(account_id),
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -90,8 +91,10 @@ async def settle(
     *,
     hold: int = -1,
     limit: int = -1,
+    first: bool = True,
 ) -> list:
-    """Settle `rid`, which was admitted with `hold` under `limit` (-1: unlimited)."""
+    """Settle `rid`, which was admitted with `hold` under `limit` (-1: unlimited); `first`
+    False: a retry."""
     account_id, key_id = account
     month = month_at(now)
     return await store.call(
@@ -109,7 +112,7 @@ async def settle(
             str(now),
             hold,
             limit,
-            keys.SETTLED_MEMORY_MS,
+            "1" if first else "0",
         ],
     )
 
@@ -164,8 +167,8 @@ async def test_quota_holds_and_settles(store, account):
 async def test_settle_is_idempotent(store, account):
     await admit(store, account, "r1", 400, T0)
     assert await settle(store, account, "r1", 10, 20, T0 + 1) == ["ok", 30, 30]
-    # A retry (its first reply was lost, say) charges nothing.
-    assert await settle(store, account, "r1", 10, 20, T0 + 2) == ["dup", 30, 0]
+    # A retry (its first try's reply was lost, say) charges nothing.
+    assert await settle(store, account, "r1", 10, 20, T0 + 2, first=False) == ["gone", 30, 0]
     account_id, _ = account
     held = await store.client.get(keys.held(account_id))
     assert int(held) == 0
@@ -191,6 +194,9 @@ async def test_expired_holds_are_released(store, account):
     # within the hold it had; r3's hold stays.
     reply = await settle(store, account, "crashed", 5, 5, later + 1, hold=900, limit=1000)
     assert reply == ["ok", 10, 10]
+    # Its retry (the reply was lost) finds no hold: settled already, charged once.
+    reply = await settle(store, account, "crashed", 5, 5, later + 1, hold=900, first=False)
+    assert reply == ["gone", 10, 0]
     assert int(await store.client.get(keys.held(account_id))) == 900
     assert await settle(store, account, "r3", 5, 5, later + 2, hold=900) == ["ok", 20, 10]
     assert int(await store.client.get(keys.held(account_id))) == 0
@@ -260,26 +266,29 @@ async def test_unlimited_accounts_hold_no_tokens_but_settle_once(store, account)
     assert reply[0] == "ok" and reply[4] == -1
     assert await store.client.get(keys.held(account_id)) is None
     assert await settle(store, account, "r1", 1, 2, T0 + 1) == ["ok", 3, 3]
-    assert await settle(store, account, "r1", 1, 2, T0 + 2) == ["dup", 3, 0]
+    assert await settle(store, account, "r1", 1, 2, T0 + 2, first=False) == ["gone", 3, 0]
     assert await store.client.hlen(keys.holds(account_id)) == 0
 
 
 async def test_nothing_grows_per_request(store, account):
-    """Settled requests leave no trace but the month's counters, and their ids for as long as
-    a settle may be retried."""
+    """Settled requests leave no trace but the month's counters."""
     account_id, key_id = account
     await store.client.hset(keys.account(account_id), "requests_per_minute", "1000")
+
+    async def footprint() -> tuple[int, int]:
+        names = await store.client.keys(f"*{account_id}*")
+        return len(names), await store.client.hlen(keys.usage(account_id, month_at(T0)))
+
+    await admit(store, account, "r", 10, T0)
+    await settle(store, account, "r", 1, 1, T0)
+    before = await footprint()
     for i in range(50):
         await admit(store, account, f"r{i}", 10, T0 + i)
         await settle(store, account, f"r{i}", 1, 1, T0 + i)
+    assert await footprint() == before
     assert await store.client.hlen(keys.holds(account_id)) == 0
     assert await store.client.zcard(keys.hold_expiries(account_id)) == 0
     assert await store.client.zcard(keys.in_flight(account_id, key_id)) == 0
-    assert await store.client.zcard(keys.settled(account_id)) == 50
-    later = T0 + keys.SETTLED_MEMORY_MS + 100
-    await admit(store, account, "last", 10, later)
-    await settle(store, account, "last", 1, 1, later)
-    assert await store.client.zcard(keys.settled(account_id)) == 1
 
 
 async def test_charge_from_elsewhere(store, account):
@@ -415,3 +424,31 @@ async def test_an_instance_renews_all_its_live_requests_in_batches(store, accoun
     scores = await store.client.zrange(expiries, 0, -1, withscores=True)
     assert len(scores) == count and min(score for _, score in scores) > 1
     assert await store.client.zcard(keys.in_flight(account_id, key_id)) == count
+
+
+async def test_a_settle_whose_reply_was_lost_is_charged_once(store, account, monkeypatch):
+    """The first try runs but its reply is lost (a timeout): the retry charges nothing."""
+    from proxy import accounting
+    from proxy.accounting import Accountant
+    from proxy.errors import ServiceUnavailable
+    from proxy.providers.base import Usage
+
+    monkeypatch.setattr(accounting, "SETTLE_RETRY_SECONDS", 0.01)
+    account_id, _ = account
+    accountant = Accountant(store, CONFIG, Metrics())
+    admission = await accountant.admit(account, "r1", base=10, cap=100)
+    real_run = store.run
+    tries = []
+
+    async def run_then_lose_the_reply(name, keys_for_month, args):
+        reply = await real_run(name, keys_for_month, args)
+        tries.append((args[-1], reply))
+        if len(tries) == 1:
+            raise ServiceUnavailable("timeout")
+        return reply
+
+    monkeypatch.setattr(store, "run", run_then_lose_the_reply)
+    await accountant.settle(admission, Usage(10, 20), "woozlit/m", served=True)
+    assert [(first, reply[0]) for first, reply in tries] == [("1", "ok"), ("0", "gone")]
+    usage = await Accounts(store, CONFIG).usage(account_id, month_at(int(time.time() * 1000)))
+    assert usage["used"] == 30 and usage["held"] == 0

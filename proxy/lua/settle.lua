@@ -4,35 +4,28 @@
 -- What is charged is bounded twice: by the request's hold (what it was allowed to cost) and
 -- by what remains of the limit it was admitted under, so `used` never passes the limit. A
 -- provider that reports more is recorded apart ('excess'), not charged to the user.
--- A request is charged even when its hold is gone (a live hold is renewed, so that happens
--- only after a long store outage): the caller passes what the hold was.
--- Idempotent by request id: a settled id is remembered for a while (KEYS[6]), and a second
--- settle within that time, such as a retry after a reply that was lost, charges nothing.
+-- Idempotent by request id, with nothing kept per settled request: a request is settled once
+-- its hold is gone. The first try of a settle charges even when the hold is gone (a live
+-- hold is renewed, so that happens only when renewals failed for a whole ttl, in a long
+-- store outage): the caller passes what the hold was. A retry (its first try's reply was
+-- lost, and that try may have run) charges only a request that still has its hold.
 --
 -- KEYS[1] month usage hash   KEYS[2] holds   KEYS[3] hold expiries   KEYS[4] tokens held
--- KEYS[5] the key's requests in flight   KEYS[6] settled (zset, request id -> ms)
+-- KEYS[5] the key's requests in flight
 -- ARGV[1] month 'YYYY-MM' the caller expects   ARGV[2] request id
 -- ARGV[3] prompt tokens   ARGV[4] completion tokens   ARGV[5] public model   ARGV[6] key id
 -- ARGV[7] '1' to count a request   ARGV[8] usage ttl s
 -- ARGV[9] now in ms, for tests only ('' = Redis TIME)
 -- ARGV[10] the request's hold (-1: unlimited account)   ARGV[11] its limit (-1: unlimited)
--- ARGV[12] how long a settled id is remembered, ms
+-- ARGV[12] '1' on a settle's first try, '0' on a retry
 --
--- Answers {'ok', used, charged} | {'dup', used, 0} (settled already) | {'month', month}
+-- Answers {'ok', used, charged} | {'gone', used, 0} (a retry, settled already) | {'month', month}
 
 local now = now_ms(ARGV[9])
 local month = month_of(now)
 if month ~= ARGV[1] then return {'month', month} end
 
 local rid = ARGV[2]
-if redis.call('ZSCORE', KEYS[6], rid) then
-  return {'dup', tonumber(redis.call('HGET', KEYS[1], 'used') or '0'), 0}
-end
-local remember = tonumber(ARGV[12])
-redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - remember)
-redis.call('ZADD', KEYS[6], now, rid)
-redis.call('PEXPIRE', KEYS[6], remember)
-
 local amount = redis.call('HGET', KEYS[2], rid)
 if amount then
   redis.call('HDEL', KEYS[2], rid)
@@ -40,8 +33,12 @@ if amount then
   if tonumber(amount) > 0 and redis.call('DECRBY', KEYS[4], amount) < 0 then
     redis.call('SET', KEYS[4], 0)
   end
+  redis.call('ZREM', KEYS[5], rid)
+elseif ARGV[12] ~= '1' then
+  return {'gone', tonumber(redis.call('HGET', KEYS[1], 'used') or '0'), 0}
+else
+  redis.call('ZREM', KEYS[5], rid)
 end
-redis.call('ZREM', KEYS[5], rid)
 
 local prompt, completion = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tokens = prompt + completion
