@@ -67,7 +67,8 @@ end
 
 -- Concurrency: requests of this key admitted and not yet settled. An entry outlives its
 -- request only when its instance died; live requests are renewed (renew.lua).
-if mode == 'hold' then
+-- Expired entries are swept only when they would make the count reach the cap.
+if mode == 'hold' and redis.call('ZCARD', KEYS[8]) >= concurrent then
   redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now)
   if redis.call('ZCARD', KEYS[8]) >= concurrent then return {'busy', concurrent} end
 end
