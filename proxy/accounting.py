@@ -152,6 +152,14 @@ class Accountant:
         except ServiceUnavailable:
             self._decisions["store"].inc()
             raise
+        except asyncio.CancelledError:
+            if mode == "hold":
+                # The client left while the script may have run: release what it may hold
+                # (a settle that finds no hold charges nothing). On the pipelined connection
+                # the release runs after the admission.
+                gone = Admission(account_id, key_id, request_id, {}, hold=0)
+                self.settle_soon(gone, Usage(0, 0), "", served=False)
+            raise
         code = reply[0]
         if code == "ok":
             self._decisions["admitted"].inc()

@@ -353,3 +353,31 @@ async def test_a_stalled_client_is_cut_off_and_charged_what_was_produced(
         if s.name == "woozlit_client_stalls_total"
     ]
     assert stalls == [1.0]
+
+
+async def test_a_client_that_leaves_during_admission_leaves_no_hold(
+    gateway: GatewayFactory, billing_upstream: BillingUpstream, redis_url: str, monkeypatch
+):
+    """The admit script ran, but its reply came after the client left: the hold and the slot
+    of the key's requests in flight are released, not left for hold_ttl_seconds."""
+    gw = await start(gateway, billing_upstream, redis_url, 100_000)
+    store = gw.app[ACCOUNTANT].store
+    real_run = store.run
+
+    async def slow_reply(name, keys_for_month, args):
+        reply = await real_run(name, keys_for_month, args)
+        if name == "admit":
+            await asyncio.sleep(1)
+        return reply
+
+    monkeypatch.setattr(store, "run", slow_reply)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(post(session, gw, "woozlit/gpt"), 0.3)
+    for _ in range(100):  # the release follows the client's leaving
+        usage = await usage_of(gw)
+        if usage["held"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert usage["held"] == 0 and usage["used"] == 0 and usage["by_model"] == {}
+    assert billing_upstream.record.requests == []

@@ -59,7 +59,9 @@ redis.call('HINCRBY', KEYS[1], 'prompt', prompt)
 redis.call('HINCRBY', KEYS[1], 'completion', completion)
 if tokens > charge then redis.call('HINCRBY', KEYS[1], 'excess', tokens - charge) end
 if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[1], 'requests', 1) end
-redis.call('HINCRBY', KEYS[1], 'm:' .. ARGV[5], charge)
-redis.call('HINCRBY', KEYS[1], 'k:' .. ARGV[6], charge)
+if charge > 0 then
+  redis.call('HINCRBY', KEYS[1], 'm:' .. ARGV[5], charge)
+  redis.call('HINCRBY', KEYS[1], 'k:' .. ARGV[6], charge)
+end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
 return {'ok', used, charge}
