@@ -105,6 +105,10 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         fields["status"] = 499  # the client went away
         _log_access(request, fields, started)
         raise
+    except ConnectionResetError:
+        # The client went away before we noticed: a write to its closed connection, or its
+        # body cut short. No error of ours; the answer goes nowhere (aiohttp drops it).
+        response = error_response(499, "Client closed the request.")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error_response(500, "Internal server error.")

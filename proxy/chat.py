@@ -207,6 +207,8 @@ async def serve(
         exchange.sent = exchange.opened = False  # failed before any byte: nothing delivered
         exc.headers = {**headers, **exc.headers}
         raise
+    except ConnectionResetError:
+        raise  # the client went away (status 499): charged what was produced
     except Exception:
         exchange.status = "500"  # a bug of ours: the client is not charged for it
         raise

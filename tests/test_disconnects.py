@@ -22,7 +22,7 @@ def gauge(gw, name: str) -> float:
 
 
 async def test_a_thousand_abandoned_streams_leave_nothing_behind(
-    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str
+    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str, caplog
 ):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 8 * STREAMS), hard), hard))
@@ -57,3 +57,56 @@ async def test_a_thousand_abandoned_streams_leave_nothing_behind(
     usage = await gw.app[ACCOUNTS].usage(gw.account_id)
     assert usage["requests"] == STREAMS
     assert usage["held"] == 0
+    # A client that leaves is no error of ours: no traceback, no 5xx in the metrics.
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    statuses = {
+        s.labels.get("status")
+        for family in gw.app[METRICS].registry.collect()
+        for s in family.samples
+        if s.name == "woozlit_requests_total"
+    }
+    assert statuses <= {"499", "200"}, statuses
+
+
+async def test_clients_that_reset_their_connections_are_no_errors(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str, caplog
+):
+    """A client that resets its connection (RST) while its stream or its body is on the way:
+    the gateway's next write or read fails; that is the client leaving, not a 500."""
+    import socket
+    import struct
+
+    gw = await gateway(
+        {"openai": openai_provider(fake_openai.url)},
+        {"woozlit/endless": [{"provider": "openai", "model": "endless"}]},
+        redis_url=redis_url,
+    )
+    body = b'{"model": "woozlit/endless", "messages": [{"role": "user", "content": "hi"}]}'
+
+    async def reset(after_bytes: int, send_all: bool) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
+        head = (
+            "POST /api/woozlit/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {gw.api_key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        writer.write(head + (body if send_all else body[:10]))
+        if send_all:
+            await reader.readexactly(after_bytes)
+        else:
+            await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    await asyncio.gather(*(reset(200 + 37 * i, i % 4 != 0) for i in range(80)))
+    await eventually(lambda: gauge(gw, "woozlit_open_streams") == 0)
+    await gw.app[ACCOUNTANT].flush(10)
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    statuses = {
+        s.labels.get("status")
+        for family in gw.app[METRICS].registry.collect()
+        for s in family.samples
+        if s.name == "woozlit_requests_total"
+    }
+    assert statuses <= {"499", "200"}, statuses
