@@ -244,6 +244,7 @@ def create_app(
 
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(session_ctx)
+    app.on_shutdown.append(_settle_before_closing)
     app.on_cleanup.append(_flush_access_log)
     # Here rather than in edge_middleware: a stream sends its headers before the middleware
     # sees its response, and the expect handler's 417 never passes through it.
@@ -265,6 +266,12 @@ def create_app(
     for method, path, handler in routes:
         app.router.add_route(method, path, handler, expect_handler=expect_handler)
     return app
+
+
+async def _settle_before_closing(app: web.Application) -> None:
+    """At shutdown, before the upstream session closes: wait for every settle still to come,
+    answers of clients that left among them (they need the session to arrive)."""
+    await app[ACCOUNTANT].drain(seconds=app[CONFIG].server.drain_seconds)
 
 
 async def _flush_access_log(app: web.Application) -> None:

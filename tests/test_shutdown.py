@@ -99,3 +99,61 @@ async def test_sigterm_drains_streams_and_exits_0(
             proc.kill()
             await proc.wait()
         await store.close()
+
+
+async def test_sigterm_waits_for_the_answers_of_clients_that_left(
+    fake_openai: FakeUpstream, tmp_path: Path, redis_url: str
+):
+    """A non-stream request whose client left is charged the answer still coming; a SIGTERM
+    meanwhile waits for that answer before the upstream session closes."""
+    config = {
+        "providers": {"openai": {"kind": "openai", "base_url": fake_openai.url}},
+        "models": {"woozlit/gated": [{"provider": "openai", "model": "gated"}]},
+        "tiers": DEFAULT_TIERS,
+        "server": {"shutdown_grace_seconds": 0.1, "drain_seconds": 10},
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    store = open_store(redis_url, 2.0, Metrics())
+    accounts = Accounts(store, parse_config(config, "test", {}))
+    account = await accounts.create_account({"tier": "free", "developer": True})
+    key = (await accounts.create_key(account["id"], "drain"))["key"]
+    env = {**os.environ, "WOOZLIT_REDIS_URL": redis_url}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(path),
+        "--host", "127.0.0.1", "--port", str(port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        await read_line(proc, "woozlit-proxy: listening on ")
+        body = {
+            "model": "woozlit/gated",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": False,
+        }
+        async with aiohttp.ClientSession() as session:
+            request = session.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            try:
+                async with asyncio.timeout(0.5):
+                    await request
+            except TimeoutError:
+                pass  # the client leaves; the provider is still working on the answer
+        await eventually(lambda: len(fake_openai.record.requests) == 1)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(1)
+        fake_openai.record.gate.set()
+        async with asyncio.timeout(15):
+            assert await proc.wait() == 0
+        usage = await accounts.usage(account["id"])
+        assert usage["used"] == PROMPT_TOKENS + COMPLETION_TOKENS
+        assert usage["held"] == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await store.close()
