@@ -4,6 +4,7 @@
     python benchmarks/bench.py --quick     # 30-40 s, before a change lands
     python benchmarks/bench.py --redis     # the gateway on a real redis-server on loopback
     python benchmarks/bench.py --memory    # also RSS after 10k and 100k requests
+    python benchmarks/bench.py --quick --redis --unread-streams 64  # + RSS per unread stream
 
 Theory of operation. Three targets answer the same requests: the fake upstream hit directly
 (`direct`), a bare aiohttp passthrough in front of it (`bare`, the floor for any aiohttp
@@ -16,6 +17,14 @@ falls on all targets alike. Every figure is printed with the ratio gateway/bare.
 same fake upstream speaking Anthropic's Messages API). Neither `direct` nor `bare` can turn
 Anthropic's events into OpenAI's, so that phase measures the gateway only, right after its
 OpenAI paced streams in the same round, and the report compares the two (issue 4).
+
+`--unread-streams N` adds, after every phase (and after --memory), the gateway's memory per
+stream whose client never reads (unread.py): N such streams for `--unread-seconds`, from an
+upstream as fast as the gateway takes it and from one paced at 1,000 events/s, then the same
+N streams read, each case against a gateway started for it alone. It is not a `Phase`: those
+drive the load generator against every target in rotating rounds, and this needs clients
+that never read, the gateway only, and a fresh gateway per case (as --memory, a step of its
+own).
 
 Pinning (2 cores): the measured process (bare or gateway, or the upstream itself for
 `direct`) runs alone on cpu 0; the load generator, the fake upstream and redis share cpu 1.
@@ -65,6 +74,7 @@ from loadgen import (
     run_load,
 )
 from report import as_json, report
+from unread import CASES, CLIENT_READ_TIMEOUT, CaseResult, measure_case
 
 OPEN_TIME_WAIT_MAX = 2000  # see Bench.wait_connections_gone
 OPEN_FDS_MAX = 1000
@@ -175,12 +185,18 @@ class Bench:
         self.quiet_gave_up = 0
         self.commit = git_commit()
         self.gauge: list[float] = []
+        self.up_port = 0
+        self.gateway_env: dict[str, str] = {}  # with --redis: its URL and the admin token
+        self.gateway_key: str | None = None  # with --redis: the key every gateway uses
+        self.unread: dict[str, CaseResult] = {}  # --unread-streams: case -> what it saw
+        self.unread_failed = False  # a stream of --unread-streams: not 200, or cut
 
     # -- setup ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         a, h = self.args, self.harness
         self.upstream, up_port = h.start_upstream(a.chunks)
+        self.up_port = up_port
         if not a.gateway_only:
             self.subjects.append(
                 Subject("direct", Target("direct", "127.0.0.1", up_port), self.upstream)
@@ -190,24 +206,32 @@ class Bench:
         if not a.skip_gateway:
             self.subjects.append(await self.start_gateway(up_port))
 
-    async def start_gateway(self, up_port: int) -> Subject:
+    async def start_gateway(self, up_port: int, name: str = "gateway") -> Subject:
+        """A gateway on the fake upstream (`name`: its log's; more than one may run). With
+        --redis, the first starts redis-server and creates the key every later one uses."""
         a, h = self.args, self.harness
         config = a.config
-        env: dict[str, str] = {}
-        admin_token = None
-        if a.redis:
+        if a.redis and self.redis is None:
             self.redis, redis_port = h.start_redis()
-            admin_token = secrets.token_urlsafe(24)
-            env = {
+            self.gateway_env = {
                 "WOOZLIT_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-                "WOOZLIT_ADMIN_TOKEN": admin_token,
+                "WOOZLIT_ADMIN_TOKEN": secrets.token_urlsafe(24),
             }
         launcher = HERE / "gateway_without_accounting.py" if a.no_accounting else None
         proc, port, key = h.start_gateway(
-            up_port, config, env, a.workers, expect_key=not a.redis, launcher=launcher
+            up_port,
+            config,
+            self.gateway_env,
+            a.workers,
+            expect_key=not a.redis,
+            launcher=launcher,
+            name=name,
         )
-        if admin_token is not None:
-            key = await self.create_key(port, admin_token)
+        if a.redis:
+            if self.gateway_key is None:
+                admin_token = self.gateway_env["WOOZLIT_ADMIN_TOKEN"]
+                self.gateway_key = await self.create_key(port, admin_token)
+            key = self.gateway_key
         assert key is not None
         return Subject(
             "gateway",
@@ -485,6 +509,61 @@ class Bench:
                 points.append((done, subject.proc.rss_kib()))
             self.memory[subject.name] = points
 
+    async def measure_unread(self) -> None:
+        """--unread-streams: the gateway's RSS per stream whose client never reads (unread.py).
+
+        Per case, a gateway of its own: started, checked and warmed up with a few ordinary
+        requests one at a time (so that code paths run once, without growing anything to
+        the size of N streams), its RSS taken after a second of rest, then the N streams
+        for --unread-seconds, and the gateway stopped.
+        """
+        a = self.args
+        for case in CASES:
+            await self.wait_quiet()
+            subject = await self.start_gateway(self.up_port, name=f"gateway-{case.name}")
+            try:
+                await self.check(subject)
+                await run_load(
+                    subject.target, body(MODEL, True), concurrency=1, total=20, kind="stream"
+                )
+                await run_load(
+                    subject.target, body(MODEL, False), concurrency=1, total=20, kind="json"
+                )
+                await asyncio.sleep(1.0)
+                gc.collect()
+                gc.disable()
+                before = self.snapshot(subject)
+                try:
+                    async with asyncio.timeout(a.unread_seconds + 60):
+                        result = await measure_case(
+                            case,
+                            subject.target,
+                            subject.proc,
+                            a.unread_streams,
+                            a.unread_seconds,
+                            body(case.model, True),
+                        )
+                except TimeoutError:
+                    raise RuntimeError(f"{case.name}: timed out") from None
+                finally:
+                    after = self.snapshot(subject)
+                    gc.enable()
+                self.unread[case.name] = result
+                self.results[case.name] = {
+                    "gateway": Measured(
+                        usage=self.usage(before, after), peak_rss_kib=result.peak_kib
+                    )
+                }
+                n = a.unread_streams
+                if result.ok < n or result.open_at_end < n:
+                    self.notes.append(
+                        f"{case.name}: {result.ok} of {n} streams got 200 ({result.statuses}), "
+                        f"{result.open_at_end} were still open at the end; see the gateway's log"
+                    )
+                    self.unread_failed = True
+            finally:
+                subject.proc.stop()
+
     # -- the whole run -------------------------------------------------------------------
 
     def phases(self) -> list[Phase]:
@@ -567,6 +646,8 @@ class Bench:
             self.rss[s.name]["end"] = s.proc.rss_kib()
         if self.args.memory:
             await self.measure_memory()
+        if self.args.unread_streams:
+            await self.measure_unread()
         self.gauge.append(speed_gauge())
 
 
@@ -639,6 +720,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also measure RSS after 10,000 and --memory-requests requests",
     )
     p.add_argument("--memory-requests", type=int, default=100_000)
+    p.add_argument(
+        "--unread-streams",
+        type=int,
+        nargs="?",
+        const=64,
+        default=0,
+        metavar="N",
+        help="also measure the gateway's RSS per stream whose client never reads: N streams "
+        "(default 64) from an endless upstream at full speed and at 1,000 events/s, then "
+        "the same N read, each case on a fresh gateway (benchmarks/unread.py)",
+    )
+    p.add_argument(
+        "--unread-seconds",
+        type=float,
+        help="how long each --unread-streams case holds its streams open (default 30, "
+        "with --quick 15)",
+    )
     p.add_argument("--config", default=str(HERE / "gateway.yaml"), help="the gateway's config")
     p.add_argument(
         "--quiet-wait",
@@ -665,6 +763,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--gateway-only and --skip-gateway exclude each other")
     if a.anthropic_paced and a.skip_gateway:
         p.error("--anthropic-paced measures the gateway: not with --skip-gateway")
+    a.unread_seconds = a.unread_seconds or (15.0 if a.quick else 30.0)
+    if a.unread_streams and a.skip_gateway:
+        p.error("--unread-streams measures the gateway: not with --skip-gateway")
+    if a.unread_streams < 0:
+        p.error("--unread-streams N: N must be positive")
+    if a.unread_seconds > CLIENT_READ_TIMEOUT - 20:
+        p.error(
+            f"--unread-seconds: at most {CLIENT_READ_TIMEOUT - 20:g}; the gateway cuts off a "
+            f"client that reads nothing for {CLIENT_READ_TIMEOUT:g} s "
+            "(server.client_read_timeout_seconds)"
+        )
     return a
 
 
@@ -712,6 +821,16 @@ async def amain(args: argparse.Namespace) -> int:
             )
             print(f"bench: {notes[-1]}", file=sys.stderr)
             args.open_streams = possible
+    if args.unread_streams:
+        # The gateway holds 2 descriptors per stream, the clients here one each.
+        possible = open_streams_possible(args.unread_streams)
+        if possible < args.unread_streams:
+            print(
+                f"bench: --unread-streams {args.unread_streams}: at most {possible} with "
+                f"the open-files limit here",
+                file=sys.stderr,
+            )
+            return 2
     target_cpus, harness_cpus = cpu_split(args.workers, args.no_pin)
     if harness_cpus:
         os.sched_setaffinity(0, harness_cpus)
@@ -725,7 +844,7 @@ async def amain(args: argparse.Namespace) -> int:
         ok = False
         try:
             await bench.run()
-            ok = not any(s.failed for s in bench.subjects)
+            ok = not any(s.failed for s in bench.subjects) and not bench.unread_failed
         except RuntimeError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1
@@ -740,7 +859,7 @@ async def amain(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(as_json(bench, text, started), indent=1))
     print(f"\nresults: {out}")
-    return 1 if any(s.failed for s in bench.subjects) else 0
+    return 1 if any(s.failed for s in bench.subjects) or bench.unread_failed else 0
 
 
 def main() -> None:

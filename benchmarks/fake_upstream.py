@@ -16,6 +16,15 @@ only through its ordinary model routing. Every chunk of a paced stream carries i
 its content as `[<ns>]`, in case a proxy drops unknown fields. A client then computes the
 per-chunk delay as its receive time minus `t_sent` (one machine, one clock).
 
+Long streams: a request whose `model` ends in `-long` (e.g. `gpt-4o-mini-long`) is answered
+with chunks that go on until the client goes away (at most `LONG_MAX_SECONDS`, then the
+usage chunk and `[DONE]`), as fast as the reader takes them: `LONG_BATCH` chunks per write,
+and every write waits (drain) while the connection's write buffer is over its high-water
+mark, so a reader that stops reading stops this stream too and nothing piles up here. A
+model ending in `-long<N>` (e.g. `gpt-4o-mini-long1000`) sends N chunks a second, the ones
+due every `LONG_TICK` seconds in one write (10 a write at 1,000/s), never faster: a stream
+held back by its reader does not burst to catch up. Used by `bench.py --unread-streams`.
+
 `POST /v1/messages` speaks Anthropic's Messages API as the real service does (see
 tests/fakes/anthropic_upstream.py): it wants an `x-api-key` header (401
 `authentication_error` without) and `anthropic-version: 2023-06-01` (400 otherwise), answers a
@@ -47,6 +56,10 @@ ANTHROPIC_MODEL = "claude-3-5-haiku-20241022"
 ANTHROPIC_VERSION = "2023-06-01"
 CREATED = 1700000000
 PACED = re.compile(r"-paced(\d+)$")
+LONG = re.compile(r"-long(\d*)$")
+LONG_MAX_SECONDS = 300.0  # a long stream ends after this, should its reader never leave
+LONG_BATCH = 20  # chunks per write of a long stream at full speed (about 4 KB)
+LONG_TICK = 0.01  # a paced long stream writes the chunks due every LONG_TICK seconds
 
 NON_STREAM = orjson.dumps(
     {
@@ -115,6 +128,36 @@ def _chunk(i: int, n: int) -> dict:
 def frame(data: bytes) -> bytes:
     """One chunk of HTTP/1.1 chunked transfer coding."""
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def long_rate(model: object) -> int | None:
+    """Chunks a second of a long stream (0: as fast as the reader takes them); None: not long."""
+    match = LONG.search(model) if isinstance(model, str) else None
+    if match is None:
+        return None
+    return int(match.group(1) or 0)
+
+
+class LongStream:
+    """The pre-encoded events of a long stream: a first chunk, then the same chunk again."""
+
+    def __init__(self) -> None:
+        self.first = b"data: " + orjson.dumps(_chunk(0, 2)) + b"\n\n"
+        self.chunk = b"data: " + orjson.dumps(_chunk(1, 3)) + b"\n\n"
+
+    @staticmethod
+    def end(chunks: int, include_usage: bool) -> bytes:
+        usage = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": MODEL,
+            "choices": [],
+            "usage": {"prompt_tokens": 9, "completion_tokens": chunks, "total_tokens": 9 + chunks},
+        }
+        last = b"data: " + orjson.dumps(_chunk(chunks - 1, chunks)) + b"\n\n"
+        tail = b"data: " + orjson.dumps(usage) + b"\n\n" if include_usage else b""
+        return frame(last + tail + b"data: [DONE]\n\n")
 
 
 class Stream:
@@ -215,6 +258,7 @@ def make_handler(chunks: int, delay_ms: float):
     """The request handler, closed over the pre-encoded answers."""
     stream = Stream(chunks)
     anthropic = AnthropicStream(chunks)
+    long = LongStream()
     pacing_by_model: dict[str, float] = {}
 
     def pacing(model: object) -> float:
@@ -251,6 +295,9 @@ def make_handler(chunks: int, delay_ms: float):
         delay = pacing(body.get("model")) / 1000.0
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
+        rate = long_rate(body.get("model"))
+        if rate is not None:
+            return await stream_long(request, response, rate, include_usage)
         # The first event goes through aiohttp, which sends the headers with it; the others
         # are written to the transport already framed (chunked coding), one write each. The
         # upstream shares its core with the load generator, and this takes its user CPU per
@@ -279,6 +326,43 @@ def make_handler(chunks: int, delay_ms: float):
         if include_usage:
             write(stream.framed_usage)
         write(stream.framed_done)
+        await response.write_eof()
+        return response
+
+    async def stream_long(
+        request: web.BaseRequest, response: web.StreamResponse, rate: int, include_usage: bool
+    ) -> web.StreamResponse:
+        """Chunks until the reader leaves (see "Long streams" above), `rate` a second or
+        (0) as fast as it reads them."""
+        await response.write(long.first)
+        transport = request.transport
+        drain = request.writer.drain  # waits while the transport is over its high-water mark
+        per_write = max(1, round(rate * LONG_TICK)) if rate else LONG_BATCH
+        block = frame(long.chunk * per_write)
+        interval = per_write / rate if rate else 0.0
+        sent = 1
+        now = time.monotonic()
+        end = now + LONG_MAX_SECONDS
+        due = now
+        try:
+            while now < end:
+                if interval:
+                    due += interval
+                    if due > now:
+                        await asyncio.sleep(due - now)
+                    elif due < now - interval:
+                        due = now  # held back by the reader: go on from here, no burst
+                if transport is None or transport.is_closing():
+                    return response  # the reader left
+                transport.write(block)
+                sent += per_write
+                await drain()
+                if not interval:
+                    await asyncio.sleep(0)  # drain() returns at once when not paused: yield
+                now = time.monotonic()
+        except ConnectionError:
+            return response
+        transport.write(long.end(sent + 1, include_usage))
         await response.write_eof()
         return response
 

@@ -300,6 +300,7 @@ class Harness:
         workers: int | None,
         expect_key: bool,
         launcher: Path | None = None,
+        name: str = "gateway",
     ) -> tuple[Proc, int, str | None]:
         port = free_port()
         program = [str(launcher)] if launcher else ["-m", "proxy"]
@@ -319,7 +320,7 @@ class Harness:
         # Our WOOZLIT_* settings (a Redis URL, a config path) must not leak into the run.
         base = {k: v for k, v in os.environ.items() if not k.startswith("WOOZLIT_")}
         proc = self.spawn(
-            "gateway",
+            name,  # also its log file's name
             argv,
             cpus=self.target_cpus,
             env={

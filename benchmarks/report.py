@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from loadgen import CHURN_STREAMS, OPEN_MS, PACED_MS, LoadResult, percentile
+from unread import CASES, SAMPLE_EVERY
 
 if TYPE_CHECKING:
     from bench import Bench, Measured
@@ -217,6 +218,8 @@ def figures(bench: Bench) -> list[Row]:
     if "churn" in res:
         title = f"churning streams ({streams:,} connections, {CHURN_STREAMS} each)"
         rows += many_streams("churn", title, "churning streams", streams * CHURN_STREAMS)
+    if bench.unread:
+        rows += unread_rows(bench)
     rows += [
         Row(
             f"RSS at {when} of the run (MB)",
@@ -238,6 +241,81 @@ def figures(bench: Bench) -> list[Row]:
             Row(f"memory: growth from {n1:,} to {a.memory_requests:,} (%)", growth, ""),
         ]
     return rows
+
+
+def unread_rows(bench: Bench) -> list[Row]:
+    """--unread-streams: the gateway's RSS growth per stream, per case, at the end and at its
+    peak (KiB), and the share of streams that got 200 and were still open at the end."""
+    a = bench.args
+    rows: list[Row] = []
+    first = {False: True, True: True}  # the first row of unread / read says N and seconds
+    for case in CASES:
+        r = bench.unread.get(case.name)
+        if r is None:
+            continue
+        clients = "read streams" if case.read else "unread streams"
+        if first[case.read]:
+            clients += f" ({a.unread_streams}, {a.unread_seconds:g} s)"
+            first[case.read] = False
+        for when, kib in (("end", r.end_kib), ("peak", r.peak_kib)):
+            rows.append(
+                Row(
+                    f"{clients}, {case.upstream}: KiB/stream, {when}",
+                    {"gateway": r.per_stream(kib)},
+                    "lower",
+                    case.name,
+                )
+            )
+    results = list(bench.unread.values())
+    streams = sum(r.streams for r in results)
+    good = sum(min(r.ok, r.open_at_end) for r in results)
+    rows.append(
+        Row(
+            "unread and read streams: 200 and open at the end (%)",
+            {"gateway": 100 * good / streams if streams else None},
+            "higher",
+        )
+    )
+    return rows
+
+
+def unread_details(bench: Bench) -> list[str]:
+    """--unread-streams, case by case: RSS before, at the end and at its peak, statuses,
+    the gateway's CPU, what the clients had, and the RSS curve."""
+    a = bench.args
+    n = a.unread_streams
+    lines = [
+        "",
+        f"unread streams: {n} streams per case for {a.unread_seconds:g} s, each case on a "
+        "gateway of its own; its RSS before the streams, at the end and at the peak (MB), "
+        f"and per stream (RSS minus before, / {n}, KiB)",
+        f"{'case':<13}{'upstream':<16}{'got 200':>8}{'open':>6}{'before':>8}{'end':>7}"
+        f"{'peak':>7}{'KiB/stream end':>16}{'peak':>6}{'gw CPU':>8}   clients",
+    ]
+    for case in CASES:
+        r = bench.unread.get(case.name)
+        if r is None:
+            continue
+        m = bench.results.get(case.name, {}).get("gateway")
+        cpu = m.usage.target / (m.usage.wall * CLK / 100) if m and m.usage.wall else None
+        if case.read:
+            clients = f"read {r.client_bytes / r.streams / r.seconds / 1e6:.1f} MB/s each"
+        else:
+            clients = f"never read, {r.client_bytes / r.streams / 1024:.0f} KiB queued each"
+        lines.append(
+            f"{case.name:<13}{case.upstream:<16}{r.ok:>8}{r.open_at_end:>6}"
+            f"{r.before_kib / 1024:>8.1f}{r.end_kib / 1024:>7.1f}{r.peak_kib / 1024:>7.1f}"
+            f"{r.per_stream(r.end_kib):>16.0f}{r.per_stream(r.peak_kib):>6.0f}"
+            f"{fmt(cpu, 0) + '%' if cpu is not None else '-':>8}   {clients}"
+        )
+    step = max(1, round(1 / SAMPLE_EVERY))
+    for case in CASES:
+        r = bench.unread.get(case.name)
+        if r is None:
+            continue
+        curve = " ".join(f"{kib / 1024:.1f}" for kib in r.samples_kib[step - 1 :: step])
+        lines.append(f"{case.name}: gateway RSS (MB) every second: {curve}")
+    return lines
 
 
 def report(bench: Bench, started: float) -> str:
@@ -270,7 +348,13 @@ def report(bench: Bench, started: float) -> str:
         f"command: {' '.join(['python', 'benchmarks/bench.py', *sys.argv[1:]])}",
         f"{a.rounds} round(s); per target: {a.duration:g} s non-stream, {a.duration / 2:g} s c=1, "
         f"{a.duration:g} s streams, {a.duration:g} s paced"
-        + (f"; gateway only: {a.duration:g} s paced via Anthropic" if a.anthropic_paced else ""),
+        + (f"; gateway only: {a.duration:g} s paced via Anthropic" if a.anthropic_paced else "")
+        + (
+            f"; then {len(CASES)} x {a.unread_seconds:g} s of {a.unread_streams} unread/read "
+            "streams, each on a fresh gateway"
+            if a.unread_streams
+            else ""
+        ),
         "",
     ]
     width = 58
@@ -330,6 +414,8 @@ def report(bench: Bench, started: float) -> str:
             f"memory: {name} RSS (MB) before the memory phase, then every "
             f"{bench.memory_checkpoint:,} requests: {curve}"
         )
+    if bench.unread:
+        lines += unread_details(bench)
     errors = [
         (p, n, m.load) for p, t in bench.results.items() for n, m in t.items() if m.load.errors
     ]
@@ -504,6 +590,7 @@ def as_json(bench: Bench, text: str, started: float) -> dict:
         "argv": sys.argv[1:],
         "table": rows,
         "memory": bench.memory,
+        "unread_streams": {name: r.as_dict() for name, r in bench.unread.items()},
         "usage": {p: {n: vars(m.usage) for n, m in t.items()} for p, t in bench.results.items()},
         "text": text,
     }
