@@ -76,14 +76,20 @@ class Exchange:
     # A non-stream answer the client left before it came: the provider goes on and bills it.
     answer: asyncio.Future[tuple[dict[str, Any], Usage | None]] | None = None
 
-    async def billed(self) -> Usage:
-        """The usage of the answer the client left before (`answer`), once it is in."""
+    async def billed(self, request_id: str, claim: Claim | None) -> Usage:
+        """The usage of the answer the client left before (`answer`), once it is in; and
+        that answer stored for its Idempotency-Key (`claim`), for the client's retry."""
         assert self.answer is not None
         try:
             payload, usage = await self.answer
         except Exception:  # a failed answer is not charged, as when the client stays
+            if claim is not None:
+                await claim.abandon()
             return Usage(0, 0)
-        return usage or estimate_completion(payload, self.chat)
+        usage = usage or estimate_completion(payload, self.chat)
+        if claim is not None:
+            await claim.finish(completion_body(payload, usage, self.chat, request_id))
+        return usage
 
     def charge(self) -> Usage:
         """The usage to charge, once the request is over."""
@@ -114,7 +120,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     idempotency_key = request.headers.get("Idempotency-Key")
     if not idempotency_key or chat.stream:
-        return await serve(request, owner, chat, timing)
+        return await serve(request, owner, chat, timing, None)
 
     if len(idempotency_key) > MAX_KEY_LENGTH:
         raise BadRequest(f"Idempotency-Key must be at most {MAX_KEY_LENGTH} characters.")
@@ -142,9 +148,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             headers={**admission.headers, "Idempotent-Replayed": "true"},
         )
     try:
-        response = await serve(request, owner, chat, timing)
+        response = await serve(request, owner, chat, timing, claim)
     except BaseException:
-        await asyncio.shield(claim.abandon())  # the client's retry must run for real
+        if not claim.handed_over:  # else the answer still coming will be stored for it
+            await asyncio.shield(claim.abandon())  # the client's retry must run for real
         raise
     assert isinstance(response, web.Response) and isinstance(response.body, bytes)
     await claim.finish(response.body)
@@ -152,9 +159,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def serve(
-    request: web.Request, owner: tuple[str, str], chat: ChatRequest, timing: Timing
+    request: web.Request,
+    owner: tuple[str, str],
+    chat: ChatRequest,
+    timing: Timing,
+    claim: Claim | None,
 ) -> web.StreamResponse:
-    """Admit, try the deployments in turn, settle."""
+    """Admit, try the deployments in turn, settle. `claim`: the request's Idempotency-Key,
+    which an answer still coming after its client left is stored for."""
     app = request.app
     config, metrics, router = app[CONFIG], app[METRICS], app[ROUTER]
     accountant = app[ACCOUNTANT]
@@ -217,7 +229,9 @@ async def serve(
         usage = exchange.charge()
         served = exchange.status == "200" or usage.total_tokens > 0  # a request of the month
         if exchange.answer is not None:
-            accountant.settle_when(admission, exchange.billed(), model)
+            accountant.settle_when(admission, exchange.billed(request[REQUEST_ID], claim), model)
+            if claim is not None:
+                claim.handed_over = True
         else:
             accountant.settle_soon(admission, usage, model, served=served)
         now = time.perf_counter()
@@ -291,12 +305,19 @@ async def forward(
     if usage is None:
         usage = estimate_completion(payload, chat)
     exchange.usage = usage
-    payload["id"] = request_id
-    payload["object"] = "chat.completion"
-    payload["model"] = chat.public_model
-    payload["usage"] = {**(payload.get("usage") or {}), **usage.as_dict()}
     exchange.status = "200"
     timing.first_chunk = time.perf_counter()
     return web.Response(
-        body=orjson.dumps(payload), content_type="application/json", headers=headers
+        body=completion_body(payload, usage, chat, request_id),
+        content_type="application/json",
+        headers=headers,
     )
+
+
+def completion_body(payload: dict[str, Any], usage: Usage, chat: ChatRequest, rid: str) -> bytes:
+    """A provider's answer, translated to OpenAI's shape, as the client gets it."""
+    payload["id"] = rid
+    payload["object"] = "chat.completion"
+    payload["model"] = chat.public_model
+    payload["usage"] = {**(payload.get("usage") or {}), **usage.as_dict()}
+    return orjson.dumps(payload)

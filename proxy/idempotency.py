@@ -54,6 +54,8 @@ class Claim:
         self.body_digest = _digest(body)
         self.window_ms = window * 1000
         self.pending_ms = int(pending_seconds * 1000)
+        # The client left, and the answer still coming is stored when it comes (chat.py).
+        self.handed_over = False
 
     async def begin(self) -> bytes | None:
         """Take the key; or the stored answer of an earlier request with it."""

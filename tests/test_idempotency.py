@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from proxy.appkeys import ACCOUNTANT, ACCOUNTS
 from tests.conftest import (
@@ -147,3 +148,27 @@ async def test_a_key_of_bytes_that_are_not_utf8_works(
     assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), answers
     assert b"Idempotent-Replayed: true" in answers[1]
     assert len(fake_openai.record.requests) == 1
+
+
+async def test_a_retry_after_a_dropped_connection_gets_the_answer_charged_once(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str
+):
+    """The connection drops while the provider works on the answer: the answer is still
+    charged (the provider bills it), stored for the key, and the client's retry gets it
+    (409 while it is still coming), not a second run."""
+    gw = await gateway({"openai": openai_provider(fake_openai.url)}, MODELS, redis_url=redis_url)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await post(session, gw, body("woozlit/gated"), "dropped")
+        await eventually(lambda: len(fake_openai.record.requests) == 1)
+        status, _, _ = await post(session, gw, body("woozlit/gated"), "dropped")
+        assert status == 409  # still coming
+        fake_openai.record.gate.set()
+        await gw.app[ACCOUNTANT].flush(5)
+        status, answer, headers = await post(session, gw, body("woozlit/gated"), "dropped")
+    assert status == 200 and headers["Idempotent-Replayed"] == "true", answer
+    assert b"Hello! How can I help?" in answer
+    assert len(fake_openai.record.requests) == 1
+    usage = await used(gw)
+    assert usage["used"] == PROMPT_TOKENS + COMPLETION_TOKENS
