@@ -38,7 +38,7 @@ from proxy.config import Deployment
 from proxy.errors import BadRequest, GatewayError
 from proxy.idempotency import MAX_KEY_LENGTH, Claim
 from proxy.providers.base import ChatRequest, Provider, StreamTranslator, Usage
-from proxy.tokens import estimate_text_tokens
+from proxy.tokens import estimate_text_tokens, text_weight
 from proxy.upstream import Timing
 from proxy.validation import read_json_object, validate_chat
 
@@ -50,11 +50,11 @@ def estimate_completion(payload: dict[str, Any], chat: ChatRequest) -> Usage:
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
             content = message.get("content")
-            chars += len(content) if isinstance(content, str) else 0
+            chars += text_weight(content) if isinstance(content, str) else 0
             for call in message.get("tool_calls") or ():
                 function = call.get("function") if isinstance(call, dict) else None
                 if isinstance(function, dict):
-                    chars += len(str(function.get("arguments") or ""))
+                    chars += text_weight(str(function.get("arguments") or ""))
     return Usage(chat.prompt_tokens_estimate, estimate_text_tokens(chars), estimated=True)
 
 

@@ -70,3 +70,20 @@ def test_a_prediction_is_billed_as_output():
     assert estimate_prediction_tokens(BASE) == 0
     prediction = {"type": "content", "content": "x" * 4000}
     assert estimate_prediction_tokens({**BASE, "prediction": prediction}) >= 1000
+
+
+def test_a_cut_stream_of_other_scripts_is_estimated_as_high_as_its_prompt_would_be():
+    """What a cut stream produced is estimated with the same weights as a prompt: a
+    character of CJK is about a token, not a quarter of one."""
+    import orjson
+
+    from proxy.providers.base import ChatRequest
+    from proxy.providers.openai import OpenAIStream
+    from proxy.sse import SSEEvent
+
+    chat = ChatRequest({}, "woozlit/m", True, False, None, 10)
+    stream = OpenAIStream(chat)
+    delta = {"choices": [{"index": 0, "delta": {"content": "日本語のテキスト" * 100}}]}
+    stream.feed(SSEEvent(orjson.dumps(delta)))
+    usage = stream.final_usage()
+    assert usage.estimated and usage.completion_tokens >= 800

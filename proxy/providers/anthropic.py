@@ -39,7 +39,7 @@ from proxy.providers.base import (
     load_json,
 )
 from proxy.sse import SSEEvent
-from proxy.tokens import estimate_text_tokens
+from proxy.tokens import estimate_text_tokens, text_weight
 
 API_VERSION = "2023-06-01"
 
@@ -317,12 +317,12 @@ class AnthropicStream(StreamTranslator):
         if not isinstance(block, dict):
             return []
         if block.get("type") == "text" and block.get("text"):
-            self.produced_chars += len(block["text"])
+            self.produced_chars += text_weight(block["text"])
             return [_chunk({"content": block["text"]})]
         if block.get("type") == "tool_use":
             index = self.tool_index[data.get("index", -1)] = len(self.tool_index)
             name = str(block.get("name", ""))
-            self.produced_chars += len(name)
+            self.produced_chars += text_weight(name)
             call = {
                 "index": index,
                 "id": block.get("id"),
@@ -338,18 +338,18 @@ class AnthropicStream(StreamTranslator):
             return []
         kind = delta.get("type")
         if kind == "text_delta" and isinstance(delta.get("text"), str):
-            self.produced_chars += len(delta["text"])
+            self.produced_chars += text_weight(delta["text"])
             return [_chunk({"content": delta["text"]})]
         if kind == "input_json_delta" and delta.get("partial_json"):
             index = self.tool_index.get(data.get("index", -1))
             if index is None:
                 return []
-            self.produced_chars += len(delta["partial_json"])
+            self.produced_chars += text_weight(delta["partial_json"])
             call = {"index": index, "function": {"arguments": delta["partial_json"]}}
             return [_chunk({"tool_calls": [call]})]
         if kind == "thinking_delta" and isinstance(delta.get("thinking"), str):
             # Not sent, but billed as output: count it, for the estimate of a cut stream.
-            self.produced_chars += len(delta["thinking"])
+            self.produced_chars += text_weight(delta["thinking"])
         return []  # signature_delta, citations_delta
 
     def _count(self, usage: Any) -> None:

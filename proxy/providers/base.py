@@ -103,8 +103,9 @@ class StreamTranslator(ABC):
     `feed` returns the chunks to send now (each a dict with `choices` and maybe `usage`), in
     order, and may raise a GatewayError for an error event. `finish` is called at the end of
     the upstream body and returns any last chunks. `usage` is what the upstream reported, or
-    None; `produced_chars` counts the characters of text and tool arguments sent so far, for
-    an estimate when the upstream reports nothing (or the stream is cut).
+    None; `produced_chars` counts the text and tool arguments sent so far, in ASCII-character
+    equivalents (`tokens.text_weight`: other scripts weigh more), for an estimate when the
+    upstream reports nothing (or the stream is cut).
     """
 
     def __init__(self, chat: ChatRequest):

@@ -51,6 +51,7 @@ from proxy.providers.base import (
 )
 from proxy.providers.gemini_schema import gemini_schema
 from proxy.sse import SSEEvent
+from proxy.tokens import text_weight
 
 MAX_STOP_SEQUENCES = 5
 
@@ -456,14 +457,16 @@ class GeminiStream(StreamTranslator):
         chunks = []
         text, calls = _candidate_output(candidate)
         if text:
-            self.produced_chars += len(text)
+            self.produced_chars += text_weight(text)
             chunks.append(_chunk(index, {"content": text}))
         if calls:
             first = self.calls_sent.get(index, 0)
             self.calls_sent[index] = first + len(calls)
             for k, call in enumerate(calls):
                 function = call["function"]
-                self.produced_chars += len(function["name"]) + len(function["arguments"])
+                self.produced_chars += text_weight(function["name"]) + text_weight(
+                    function["arguments"]
+                )
                 chunks.append(_chunk(index, {"tool_calls": [{"index": first + k, **call}]}))
         reason = candidate.get("finishReason")
         if reason:

@@ -25,6 +25,7 @@ from proxy.providers.base import (
     load_json,
 )
 from proxy.sse import SSEEvent
+from proxy.tokens import text_weight
 
 
 def usage_from(payload: Any) -> Usage | None:
@@ -46,11 +47,13 @@ def _delta_chars(choices: Any) -> int:
         for name in ("content", "reasoning_content"):
             text = delta.get(name)
             if isinstance(text, str):
-                chars += len(text)
+                chars += text_weight(text)
         for call in delta.get("tool_calls") or ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
-                chars += len(function.get("arguments") or "") + len(function.get("name") or "")
+                chars += text_weight(str(function.get("arguments") or "")) + text_weight(
+                    str(function.get("name") or "")
+                )
     return chars
 
 
