@@ -12,10 +12,11 @@ About four characters a token for English text with the GPT and Claude tokenizer
 scripts split finer (a CJK character is about one token, an emoji two or three), so a
 non-ASCII character counts as 2 x its UTF-8 bytes - 1 characters: 5 for CJK, 7 for an
 emoji, 3 for an accented Latin letter. Every message costs a few tokens of framing, as in
-OpenAI's counting guide. An image is counted at what OpenAI bills for a `detail: low` image
-(85) or at the most one image costs on gpt-4o, Claude or Gemini (about 1,600 tokens; but
-gpt-4o-mini counts an image as ~33 times as many tokens, and what that bills past the hold is
-recorded as excess). Tools add the system prompt a provider adds to use them.
+OpenAI's counting guide. An image is counted at the most one image costs on gpt-4o, Claude
+or Gemini (about 1,600 tokens, whatever its `detail`). Not bounded by this estimate, and
+recorded as excess where they bill past the hold: gpt-4o-mini's images (~33 times the
+tokens), a PDF's pages, a video given to Gemini by URL. Tools add the system prompt a
+provider adds to use them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import Any
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 TOKENS_PER_REQUEST = 3
-IMAGE_TOKENS_LOW = 85  # OpenAI, detail: low
 # OpenAI high detail is 85 + 170 a 512 px tile, 1,445 for the largest (2048 x 768 px after
 # scaling); Claude ~ width x height / 750 with a long side of 1,568 px, ~1,600; Gemini 258
 # a 768 px tile.
@@ -78,13 +78,6 @@ def text_weight(text: str) -> int:
     return 2 * len(text.encode("utf-8", "surrogatepass")) - len(text)
 
 
-def _image_weight(part: dict[str, Any]) -> int:
-    image = part.get("image_url")
-    detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
-    tokens = IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS
-    return tokens * CHARS_PER_TOKEN
-
-
 def _weight(value: Any) -> int:
     """Characters-equivalent of a JSON value: its strings, its keys, a little for the rest.
 
@@ -99,7 +92,8 @@ def _weight(value: Any) -> int:
         elif isinstance(item, dict):
             kind = item.get("type")
             if isinstance(kind, str) and kind in IMAGE_PARTS:
-                total += _image_weight(item)
+                # `detail: low` (85 tokens) is OpenAI's alone: Claude and Gemini ignore it.
+                total += IMAGE_TOKENS * CHARS_PER_TOKEN
                 continue
             for key, member in item.items():
                 total += text_weight(key)
