@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,13 @@ BIG_BODY = 1 << 20
 STREAM_READ = 1 << 13
 STREAM_WRITE_HIGH_WATER = 1 << 13
 STREAM_SNDBUF = 1 << 16
+# And the upstream socket's kernel buffer: what a provider can send ahead of a client that
+# stopped reading (the gateway stops reading too) is bounded by this.
+STREAM_RCVBUF = 1 << 16
+# A stream whose client left: what the provider already sent is read and counted for at
+# most CUT_DRAIN_SECONDS, until nothing comes for CUT_DRAIN_IDLE_SECONDS.
+CUT_DRAIN_SECONDS = 0.25
+CUT_DRAIN_IDLE_SECONDS = 0.01
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -173,6 +181,10 @@ class Upstream:
         parser = SSEParser()
         name = provider.config.name
         content = resp.content
+        transport = resp.connection.transport if resp.connection else None
+        sock = transport.get_extra_info("socket") if transport else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STREAM_RCVBUF)
         watchdog = IdleWatchdog(provider.config.timeouts.idle, self.client_read_timeout)
 
         async def send(data: bytes, eof: bool = False) -> None:
@@ -242,6 +254,11 @@ class Upstream:
                     out = await self._start(request, headers, timing)
                 await send(b"".join(frames), eof=True)
                 return out
+            except asyncio.CancelledError:
+                if watchdog.client_stalled:
+                    _reset(request)  # before counting the rest: the client waits for nothing
+                await _count_the_rest(content, parser, translator)
+                raise
             finally:
                 # On any early exit (client gone, error) the body is unfinished, and release()
                 # closes the connection: the provider sees it at once and stops generating.
@@ -254,8 +271,6 @@ class Upstream:
         except asyncio.CancelledError:
             if watchdog.client_stalled:
                 self.metrics.client_stalls.inc()
-                if request.transport is not None:
-                    request.transport.abort()  # what it did not read is dropped, not flushed
             raise
         finally:
             watchdog.close()
@@ -274,6 +289,37 @@ class Upstream:
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
         return out
+
+
+def _reset(request: web.Request) -> None:
+    """Close a client's connection with a reset: what it did not read is dropped at once, in
+    our buffers and the kernel's, and it sees the end (a plain close would send it all first)."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def _count_the_rest(
+    content: aiohttp.StreamReader, parser: SSEParser, translator: StreamTranslator
+) -> None:
+    """The client is gone, but what the provider already sent is billed: read it (for a
+    moment at most, while it keeps coming) so that the charge counts it, then stop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CUT_DRAIN_SECONDS
+    try:
+        while not translator.done and (left := deadline - loop.time()) > 0:
+            async with asyncio.timeout(min(left, CUT_DRAIN_IDLE_SECONDS)):
+                data = await content.read(STREAM_READ)
+            for event in parser.feed(data) if data else parser.close():
+                translator.feed(event)
+            if not data:
+                return
+    except (TimeoutError, aiohttp.ClientError, OSError, GatewayError):
+        pass
 
 
 class IdleWatchdog:

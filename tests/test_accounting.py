@@ -205,10 +205,12 @@ async def test_stream_cut_by_the_client_is_charged_what_was_produced(
             break
         await asyncio.sleep(0.01)
     assert fake_openai.record.disconnects == 1
-    # The gateway forwarded at least what we read (10 x "la "), and charges it as estimated.
+    # The gateway forwarded at least what we read (10 x "la "), and charges it as estimated,
+    # with what the provider sent in the moment (0.25 s, a chunk every 10 ms) after the
+    # client left, which it bills too.
     assert usage["prompt_tokens"] == PROMPT_ESTIMATE
     assert usage["completion_tokens"] >= (10 * 3 + 3) // 4
-    assert usage["completion_tokens"] <= (20 * 3 + 3) // 4
+    assert usage["completion_tokens"] <= ((20 + 25) * 3 + 3) // 4
     assert usage["requests"] == 1
     assert usage["held"] == 0
 

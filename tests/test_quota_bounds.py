@@ -339,6 +339,11 @@ async def test_a_stalled_client_is_cut_off_and_charged_what_was_produced(
     started = loop.time()
     await eventually(lambda: billing_upstream.record.last.left_early, seconds=10)
     assert loop.time() - started < 5
+    # Cut off with a reset: what it did not read is dropped, and it sees the end at once.
+    with pytest.raises(ConnectionResetError):
+        async with asyncio.timeout(5):
+            while await reader.read(1 << 16):
+                pass
     writer.close()
     await eventually(lambda: not gw.app[ACCOUNTANT]._live)
     usage = await usage_of(gw)
