@@ -21,6 +21,18 @@ def gauge(gw, name: str) -> float:
     raise KeyError(name)
 
 
+def assert_clients_leaving_are_no_errors(gw, caplog) -> None:
+    """A client that leaves is no error of ours: no traceback, no 5xx in the metrics."""
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    statuses = {
+        s.labels.get("status")
+        for family in gw.app[METRICS].registry.collect()
+        for s in family.samples
+        if s.name == "woozlit_requests_total"
+    }
+    assert statuses <= {"499", "200"}, statuses
+
+
 async def test_a_thousand_abandoned_streams_leave_nothing_behind(
     gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str, caplog
 ):
@@ -57,15 +69,7 @@ async def test_a_thousand_abandoned_streams_leave_nothing_behind(
     usage = await gw.app[ACCOUNTS].usage(gw.account_id)
     assert usage["requests"] == STREAMS
     assert usage["held"] == 0
-    # A client that leaves is no error of ours: no traceback, no 5xx in the metrics.
-    assert not [r for r in caplog.records if r.levelname == "ERROR"]
-    statuses = {
-        s.labels.get("status")
-        for family in gw.app[METRICS].registry.collect()
-        for s in family.samples
-        if s.name == "woozlit_requests_total"
-    }
-    assert statuses <= {"499", "200"}, statuses
+    assert_clients_leaving_are_no_errors(gw, caplog)
 
 
 async def test_clients_that_reset_their_connections_are_no_errors(
@@ -102,11 +106,4 @@ async def test_clients_that_reset_their_connections_are_no_errors(
     await asyncio.gather(*(reset(200 + 37 * i, i % 4 != 0) for i in range(80)))
     await eventually(lambda: gauge(gw, "woozlit_open_streams") == 0)
     await gw.app[ACCOUNTANT].flush(10)
-    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    statuses = {
-        s.labels.get("status")
-        for family in gw.app[METRICS].registry.collect()
-        for s in family.samples
-        if s.name == "woozlit_requests_total"
-    }
-    assert statuses <= {"499", "200"}, statuses
+    assert_clients_leaving_are_no_errors(gw, caplog)

@@ -15,7 +15,7 @@ import yaml
 from proxy.accounts import Accounts
 from proxy.config import parse_config
 from proxy.metrics import Metrics
-from proxy.store import open_store
+from proxy.store import Store, open_store
 from tests.conftest import DEFAULT_TIERS, FakeUpstream, eventually, free_port
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
 
@@ -33,16 +33,10 @@ async def read_line(proc: asyncio.subprocess.Process, prefix: str) -> str:
                 return line[len(prefix) :].strip()
 
 
-async def test_sigterm_drains_streams_and_exits_0(
-    fake_openai: FakeUpstream, tmp_path: Path, redis_url: str
-):
-    fake_openai.record.delay = 0.15  # 5 chunks: each stream lasts about 0.75 s
-    config = {
-        "providers": {"openai": {"kind": "openai", "base_url": fake_openai.url}},
-        "models": {"woozlit/slow": [{"provider": "openai", "model": "slow"}]},
-        "tiers": DEFAULT_TIERS,
-        "server": {"shutdown_grace_seconds": 0.5, "drain_seconds": 10},
-    }
+async def serve(
+    config: dict, tmp_path: Path, redis_url: str
+) -> tuple[asyncio.subprocess.Process, int, Store, Accounts, dict, str]:
+    """The gateway as a process of its own on `config`, and a free account's key."""
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
@@ -58,6 +52,26 @@ async def test_sigterm_drains_streams_and_exits_0(
     )  # fmt: skip
     try:
         await read_line(proc, "woozlit-proxy: listening on ")
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        await store.close()
+        raise
+    return proc, port, store, accounts, account, key
+
+
+async def test_sigterm_drains_streams_and_exits_0(
+    fake_openai: FakeUpstream, tmp_path: Path, redis_url: str
+):
+    fake_openai.record.delay = 0.15  # 5 chunks: each stream lasts about 0.75 s
+    config = {
+        "providers": {"openai": {"kind": "openai", "base_url": fake_openai.url}},
+        "models": {"woozlit/slow": [{"provider": "openai", "model": "slow"}]},
+        "tiers": DEFAULT_TIERS,
+        "server": {"shutdown_grace_seconds": 0.5, "drain_seconds": 10},
+    }
+    proc, port, store, accounts, account, key = await serve(config, tmp_path, redis_url)
+    try:
         base = f"http://127.0.0.1:{port}"
         body = {"model": "woozlit/slow", "messages": [{"role": "user", "content": "hi"}]}
         headers = {"Authorization": f"Bearer {key}"}
@@ -112,21 +126,8 @@ async def test_sigterm_waits_for_the_answers_of_clients_that_left(
         "tiers": DEFAULT_TIERS,
         "server": {"shutdown_grace_seconds": 0.1, "drain_seconds": 10},
     }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    store = open_store(redis_url, 2.0, Metrics())
-    accounts = Accounts(store, parse_config(config, "test", {}))
-    account = await accounts.create_account({"tier": "free", "developer": True})
-    key = (await accounts.create_key(account["id"], "drain"))["key"]
-    env = {**os.environ, "WOOZLIT_REDIS_URL": redis_url}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(path),
-        "--host", "127.0.0.1", "--port", str(port),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
-    )  # fmt: skip
+    proc, port, store, accounts, account, key = await serve(config, tmp_path, redis_url)
     try:
-        await read_line(proc, "woozlit-proxy: listening on ")
         body = {
             "model": "woozlit/gated",
             "messages": [{"role": "user", "content": "hi"}],
