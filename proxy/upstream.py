@@ -254,10 +254,12 @@ class Upstream:
                     out = await self._start(request, headers, timing)
                 await send(b"".join(frames), eof=True)
                 return out
-            except asyncio.CancelledError:
-                if watchdog.client_stalled:
-                    _reset(request)  # before counting the rest: the client waits for nothing
+            except (asyncio.CancelledError, ConnectionResetError):
+                # The client left (a cancel, or a write to its closed connection) or stalled.
+                # Count the rest first: resetting a stalled client cancels this task again.
                 await _count_the_rest(content, parser, translator)
+                if watchdog.client_stalled:
+                    _reset(request)
                 raise
             finally:
                 # On any early exit (client gone, error) the body is unfinished, and release()
