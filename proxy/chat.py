@@ -134,6 +134,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     try:
         stored = await claim.begin()
+    except asyncio.CancelledError:
+        # The client left while the key was being taken: give it back, if it was taken.
+        await asyncio.shield(claim.abandon())
+        raise
     except GatewayError:
         # 409 or 422 tell something of the key's requests: only to a key that may ask.
         await accountant.admit(owner, request[REQUEST_ID], mode="rate")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 
 from proxy import keys
 from proxy.errors import Conflict, IdempotencyMismatch, ServiceUnavailable
@@ -23,6 +24,9 @@ from proxy.store import Store
 log = logging.getLogger("proxy.idempotency")
 
 MAX_KEY_LENGTH = 255
+# Delete a key only while it holds this request's pending marker: a request that gives its
+# key back never frees another's, nor a stored answer.
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end"
 
 
 def _digest(data: bytes | str) -> str:
@@ -54,14 +58,15 @@ class Claim:
         self.body_digest = _digest(body)
         self.window_ms = window * 1000
         self.pending_ms = int(pending_seconds * 1000)
+        # This request's own marker: 'pending:<body digest>:<random>'.
+        self.marker = f"pending:{self.body_digest}:{secrets.token_hex(8)}"
         # The client left, and the answer still coming is stored when it comes (chat.py).
         self.handed_over = False
 
     async def begin(self) -> bytes | None:
         """Take the key; or the stored answer of an earlier request with it."""
-        pending = f"pending:{self.body_digest}"
         taken = await self.store.command(
-            "set", self.redis_key, pending, nx=True, px=self.pending_ms
+            "set", self.redis_key, self.marker, nx=True, px=self.pending_ms
         )
         if taken:
             return None
@@ -86,8 +91,9 @@ class Claim:
             log.warning("an answer could not be stored for its Idempotency-Key")
 
     async def abandon(self) -> None:
-        """Free the key for the client's retry (or let the pending marker expire)."""
+        """Free the key for the client's retry, if this request holds it (or let the pending
+        marker expire)."""
         try:
-            await self.store.command("delete", self.redis_key)
+            await self.store.command("eval", _RELEASE, 1, self.redis_key, self.marker)
         except ServiceUnavailable:
             log.warning("an Idempotency-Key could not be freed; it expires by itself")

@@ -172,3 +172,32 @@ async def test_a_retry_after_a_dropped_connection_gets_the_answer_charged_once(
     assert len(fake_openai.record.requests) == 1
     usage = await used(gw)
     assert usage["used"] == PROMPT_TOKENS + COMPLETION_TOKENS
+
+
+async def test_a_client_that_leaves_while_its_key_is_taken_leaves_it_free(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str, monkeypatch
+):
+    """The key was taken in Redis, but the client left before we heard so: the key is given
+    back, and the retry runs (not a 409 until the pending marker expires)."""
+    from proxy.appkeys import STORE
+
+    gw = await gateway({"openai": openai_provider(fake_openai.url)}, MODELS, redis_url=redis_url)
+    store = gw.app[STORE]
+    real_command = store.command
+
+    async def slow_take(method, *args, **kwargs):
+        result = await real_command(method, *args, **kwargs)
+        if method == "set" and kwargs.get("nx"):
+            await asyncio.sleep(1)
+        return result
+
+    monkeypatch.setattr(store, "command", slow_take)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await post(session, gw, body(), "left-early")
+        monkeypatch.setattr(store, "command", real_command)
+        await asyncio.sleep(0.3)  # the key is given back
+        status, _, headers = await post(session, gw, body(), "left-early")
+    assert status == 200 and "Idempotent-Replayed" not in headers
+    assert len(fake_openai.record.requests) == 1
