@@ -327,10 +327,10 @@ async def test_a_stalled_client_is_cut_off_and_charged_what_was_produced(
         billing_upstream,
         redis_url,
         10**9,
-        length=1_000_000,
+        length=10**8,  # more than the moment after the cut can read
         server={"client_read_timeout_seconds": 0.5},
     )
-    body = {"model": "woozlit/gpt", "messages": MESSAGES, "max_tokens": 1_000_000, "stream": True}
+    body = {"model": "woozlit/gpt", "messages": MESSAGES, "max_tokens": 10**8, "stream": True}
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     writer.write(raw_stream_request(gw, body))
@@ -349,7 +349,7 @@ async def test_a_stalled_client_is_cut_off_and_charged_what_was_produced(
     usage = await usage_of(gw)
     stream = billing_upstream.record.last
     # Charged what the gateway read (its estimate of the text), not the whole answer.
-    assert 0 < usage["completion_tokens"] <= stream.tokens_sent < 1_000_000
+    assert 0 < usage["completion_tokens"] <= stream.tokens_sent < 10**8
     assert usage["held"] == 0
     stalls = [
         s.value
