@@ -16,7 +16,7 @@ falls on all targets alike. Every figure is printed with the ratio gateway/bare.
 `--anthropic-paced` adds the paced streams through the gateway's Anthropic provider (the
 same fake upstream speaking Anthropic's Messages API). Neither `direct` nor `bare` can turn
 Anthropic's events into OpenAI's, so that phase measures the gateway only, right after its
-OpenAI paced streams in the same round, and the report compares the two (issue 4).
+OpenAI paced streams in the same round, and the report compares the two.
 
 `--unread-streams N` adds, after every phase (and after --memory), the gateway's memory per
 stream whose client never reads (unread.py): N such streams for `--unread-seconds`, from an
@@ -583,7 +583,7 @@ class Bench:
             ),
         ]
         if a.anthropic_paced:
-            # Issue 4: the same paced streams through the gateway's Anthropic provider, right
+            # The same paced streams through the gateway's Anthropic provider, right
             # after its OpenAI ones in every round (direct and bare cannot translate).
             phases.append(
                 Phase(
@@ -597,7 +597,7 @@ class Bench:
                 )
             )
         if a.open_streams:
-            # Issue 7: many slow streams open at once. The connections open over a ramp of
+            # Many slow streams open at once. The connections open over a ramp of
             # OPEN_RAMP seconds (10,000 at once would measure a connection storm, not open
             # streams); delays count only while every stream is open, as the client saw it:
             # from the last stream's first chunk to the first stream's last. With --churn,
@@ -684,8 +684,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--no-accounting",
         action="store_true",
-        help="the gateway with auth, rate limits and quota off: the baseline of issue 3's "
-        "accounting cost (benchmarks/gateway_without_accounting.py)",
+        help="the gateway with auth, rate limits and quota off: the baseline of the cost of "
+        "accounting (benchmarks/gateway_without_accounting.py)",
     )
     p.add_argument(
         "--workers",
@@ -700,7 +700,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         metavar="N",
         help=f"also hold N streams open at once, chunks {OPEN_MS} ms apart: chunk "
-        "delay and peak RSS (issue 7 asks for 10000)",
+        "delay and peak RSS (the performance targets asks for 10000)",
     )
     p.add_argument(
         "--churn",
@@ -712,7 +712,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--anthropic-paced",
         action="store_true",
         help="also measure the paced streams through the gateway's Anthropic provider "
-        "(the fake upstream as Anthropic's Messages API), against its OpenAI ones (issue 4)",
+        "(the fake upstream as Anthropic's Messages API), against its OpenAI ones",
     )
     p.add_argument(
         "--memory",

@@ -3,7 +3,7 @@
     python benchmarks/chaos.py                    # 60 s, 16 connections
     python benchmarks/chaos.py --seconds 20 --concurrency 8 --seed 7
 
-Issue 5's done-when: "a 60-second chaos run (load from the benchmark script while the fake
+The chaos target's done-when: "a 60-second chaos run (load from the benchmark script while the fake
 upstream injects each fault at random and Redis is restarted once) ends with zero 500s, zero
 hung requests, and a month's `used` equal to the sum of the usage the clients received."
 

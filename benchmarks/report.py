@@ -148,7 +148,7 @@ def figures(bench: Bench) -> list[Row]:
         ),
     ]
     if "paced-anthropic" in res:
-        # Issue 4: the same paced streams through the gateway's Anthropic provider; direct
+        # The same paced streams through the gateway's Anthropic provider; direct
         # and bare cannot translate, so the comparison is with the gateway's OpenAI streams.
         via = {q: per("paced-anthropic", lambda r, q=q: pct(r.delays_ns, q)) for q in (50, 99)}
         rows += [
@@ -491,7 +491,7 @@ def harness_row(phase: str, name: str, m: Measured, width: int = 8) -> str:
 def checks(bench: Bench) -> list[str]:
     """The figures the issues set targets for, each marked reached or not."""
     rows = {row.label: row.values for row in figures(bench)}
-    out = ["targets (issue 2, done-when):"]
+    out = ["targets (streaming and throughput):"]
 
     def find(prefix: str) -> dict[str, float | None]:
         return next((v for k, v in rows.items() if k.startswith(prefix)), {})
@@ -520,7 +520,7 @@ def checks(bench: Bench) -> list[str]:
         )
 
     out += anthropic_check(rows)
-    out.append("targets (issue 7, meant with everything on: --redis):")
+    out.append("targets (performance, meant with everything on: --redis):")
 
     def target(label: str, value: float | None, limit: float, unit: str, most: bool = True) -> None:
         if value is None or value != value:
@@ -553,7 +553,7 @@ def checks(bench: Bench) -> list[str]:
 
 
 def anthropic_check(rows: dict[str, dict[str, float | None]]) -> list[str]:
-    """Issue 4: paced chunks through the Anthropic provider as fast as through OpenAI's."""
+    """Paced chunks through the Anthropic provider as fast as through OpenAI's."""
     via = rows.get("paced chunk delay p99 via Anthropic (ms)", {}).get("gateway")
     openai = rows.get("paced chunk delay p99 (ms)", {}).get("gateway")
     if via is None or openai is None or via != via or openai != openai:
@@ -565,7 +565,7 @@ def anthropic_check(rows: dict[str, dict[str, float | None]]) -> list[str]:
     )
     separate = f"; all chunks separate in {sep:.0f}% of streams" if sep is not None else ""
     return [
-        "targets (issue 4, done-when):",
+        "targets (paced streams via Anthropic):",
         f"  paced chunk delay p99 via Anthropic within 1 ms of via OpenAI: {via:.2f} ms "
         f"against {openai:.2f} ms, {diff:+.2f} ms "
         f"{'reached' if abs(diff) <= 1 else 'NOT reached'}{separate}",
