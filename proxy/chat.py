@@ -58,11 +58,6 @@ def estimate_completion(payload: dict[str, Any], chat: ChatRequest) -> Usage:
     return Usage(chat.prompt_tokens_estimate, estimate_text_tokens(chars), estimated=True)
 
 
-# Statuses of a failed attempt that another deployment may well not repeat: the provider
-# could not be reached, timed out, is overloaded or rate-limited, failed, or lacks a key.
-RETRYABLE = frozenset({502, 503, 504})
-
-
 @dataclass(slots=True)
 class Exchange:
     """What the current attempt of one request has produced: what settling charges."""
@@ -197,7 +192,7 @@ async def serve(
             try:
                 response = await forward(request, exchange, deployment, provider, headers, timing)
             except GatewayError as exc:
-                if exc.status not in RETRYABLE:
+                if not exc.retryable:
                     raise
                 router.breaker.failed(deployment)
                 # Nothing is retried once bytes have reached the client.
