@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from proxy.config import Deployment, ProviderConfig, Timeouts
 from proxy.errors import (
     BadRequest,
+    ModelUnavailable,
     ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -162,7 +163,7 @@ def test_generation_config_mapping():
         seed=42,
         n=3,
         response_format={"type": "json_object"},
-        logprobs=True,
+        logprobs=False,
         user="u-1",
         parallel_tool_calls=False,
     )
@@ -379,7 +380,11 @@ def test_tool_calls_and_results_become_function_parts():
         {
             "role": "model",
             "parts": [
-                {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}},
+                # History from another model: the step's first call gets Google's dummy.
+                {
+                    "functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                    "thoughtSignature": "skip_thought_signature_validator",
+                },
                 {"functionCall": {"name": "now", "args": {}}},
             ],
         },
@@ -752,17 +757,61 @@ KEY_INVALID = google_error(
             400,
             google_error(400, "FAILED_PRECONDITION", "User location is not supported."),
             {},
-            BadRequest,
-            400,
+            ModelUnavailable,
+            503,
             "User location is not supported.",
         ),
         (
-            404,
-            google_error(404, "NOT_FOUND", "models/x is not found"),
-            {},
-            BadRequest,
             400,
-            "models/x is not found",
+            google_error(
+                400,
+                "FAILED_PRECONDITION",
+                "Gemini API free tier is not available in your country. Please enable billing.",
+            ),
+            {},
+            ModelUnavailable,
+            503,
+            "enable billing",
+        ),
+        (
+            404,
+            google_error(404, "NOT_FOUND", "models/x is not found for API version v1beta"),
+            {},
+            ModelUnavailable,
+            503,
+            "does not serve the configured model",
+        ),
+        (
+            408,
+            google_error(408, "DEADLINE_EXCEEDED", "Request timed out."),
+            {},
+            UpstreamTimeout,
+            504,
+            "timed out",
+        ),
+        (
+            499,
+            google_error(499, "CANCELLED", "The operation was cancelled."),
+            {},
+            UpstreamError,
+            502,
+            "dropped",
+        ),
+        (
+            409,
+            google_error(409, "ABORTED", "The operation was aborted."),
+            {},
+            UpstreamError,
+            502,
+            "dropped",
+        ),
+        (
+            400,
+            google_error(400, "INVALID_ARGUMENT", "API key expired. Please renew the API key."),
+            {},
+            UpstreamError,
+            502,
+            "credentials",
         ),
         (
             500,
@@ -1067,7 +1116,8 @@ async def test_sdk_blocked_prompt_is_content_filter(client):
     ("scenario", "exception", "status", "says"),
     [
         ("bad-request", openai.BadRequestError, 400, "max_output_tokens: must be positive"),
-        ("not-found", openai.BadRequestError, 400, "is not found"),
+        ("not-found", openai.InternalServerError, 503, "does not serve the configured model"),
+        ("precondition", openai.InternalServerError, 503, "User location is not supported"),
         ("rate-limited", openai.InternalServerError, 503, "rate-limited"),
         ("unavailable", openai.InternalServerError, 503, "overloaded"),
         ("server-error", openai.InternalServerError, 502, "failed"),
@@ -1077,7 +1127,9 @@ async def test_sdk_errors(client, scenario, exception, status, says):
     with pytest.raises(exception) as caught:
         await client.chat.completions.create(model=f"woozlit/fake-{scenario}", messages=USER)
     assert caught.value.status_code == status
-    assert says in caught.value.response.json()["error"]
+    error = caught.value.response.json()["error"]
+    assert says in error["message"]
+    assert error["param"] == ("max_completion_tokens" if scenario == "bad-request" else None)
     if scenario == "rate-limited":
         assert caught.value.response.headers["retry-after"] == "7"
 
@@ -1103,7 +1155,8 @@ async def test_sdk_untranslatable_request_is_400(client):
         await client.chat.completions.create(
             model=PUBLIC, messages=USER, stop=["1", "2", "3", "4", "5", "6"]
         )
-    assert "at most 5" in caught.value.response.json()["error"]
+    error = caught.value.response.json()["error"]
+    assert "at most 5" in error["message"] and error["param"] == "stop"
 
 
 async def test_sdk_midstream_error_ends_the_stream_with_an_error_event(client):

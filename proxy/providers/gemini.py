@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import mimetypes
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +38,7 @@ from proxy.config import Deployment, ProviderConfig
 from proxy.errors import (
     BadRequest,
     GatewayError,
+    ModelUnavailable,
     ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -71,72 +73,230 @@ FINISH_REASONS: dict[str, str] = {
     **dict.fromkeys(_FILTERED, "content_filter"),
 }
 
+# The inline media Gemini reads (the API reference's "supported MIME types" of images,
+# audio, video and documents); anything else is refused by Google with a 400.
+INLINE_MIME_TYPES = frozenset(
+    {
+        *(f"image/{t}" for t in ("png", "jpeg", "webp", "heic", "heif")),
+        *(f"audio/{t}" for t in ("wav", "mp3", "aiff", "aac", "ogg", "flac")),
+        *(
+            f"video/{t}"
+            for t in ("mp4", "mpeg", "mov", "avi", "x-flv", "mpg", "webm", "wmv", "3gpp")
+        ),
+        "application/pdf",
+        *(f"text/{t}" for t in ("plain", "html", "css", "csv", "xml", "rtf", "markdown")),
+        "text/javascript",
+        "text/x-python",
+    }
+)
+_MIME_ALIASES = {
+    "image/jpg": "image/jpeg",
+    "audio/mpeg": "audio/mp3",
+    "audio/x-wav": "audio/wav",
+    "audio/wave": "audio/wav",
+}
+
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 _PENALTIES = {"presence_penalty": "presencePenalty", "frequency_penalty": "frequencyPenalty"}
 
 
 # -- request -------------------------------------------------------------------------------
 
+# What the translation sends for a turn the client left empty (an empty user message, or the
+# user turn Gemini wants before a conversation that opens with the assistant): Gemini refuses
+# empty text and a content without parts.
+PLACEHOLDER = "."
+# Google's documented stand-in for a function call whose signature was never seen (history
+# written by another model, or by the client): Gemini 3 then skips the signature check.
+DUMMY_SIGNATURE = "skip_thought_signature_validator"
+# A tool call id we minted around a thoughtSignature: `call_<32 hex>~<signature>`. `~` is in
+# neither alphabet of base64, so only ids of this exact shape are read back as signatures.
+_SIGNED_ID = re.compile(r"call_[0-9a-f]{32}~([A-Za-z0-9+/=_-]+)")
+_GEMINI_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+_OPENAI_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+
+
+class ToolNames:
+    """OpenAI function names <-> Gemini's. OpenAI takes names that start with a digit or a
+    dash; Gemini wants a letter or an underscore first, so those get a `_` in front (cut to
+    64) and get their own name back in the answer."""
+
+    def __init__(self) -> None:
+        self.to_gemini: dict[str, str] = {}
+        self.to_openai: dict[str, str] = {}
+
+    def gemini(self, name: str, where: str) -> str:
+        known = self.to_gemini.get(name)
+        if known is not None:
+            return known
+        if _GEMINI_NAME.fullmatch(name):
+            mapped = name
+        elif _OPENAI_NAME.fullmatch(name):
+            mapped = ("_" + name)[:64]
+        else:
+            raise BadRequest(
+                f"{where} {_short(name)!r} must be 1 to 64 letters, digits, underscores or dashes.",
+                param=where,
+            )
+        other = self.to_openai.setdefault(mapped, name)
+        if other != name:
+            raise BadRequest(
+                f"{where}: functions {_short(other)!r} and {_short(name)!r} have the same "
+                "name for this model.",
+                param=where,
+            )
+        self.to_gemini[name] = mapped
+        return mapped
+
+    def openai(self, name: str) -> str:
+        return self.to_openai.get(name, name)
+
+
+def tool_names(body: Mapping[str, Any]) -> ToolNames:
+    """The names of the request's tools (already checked by `build_body`), for its answer."""
+    names = ToolNames()
+    for tool in body.get("tools") or ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str):
+            try:
+                names.gemini(name, "tools")
+            except BadRequest:
+                pass
+    return names
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:80] + "..."
+
 
 def build_body(chat: ChatRequest, cap: int) -> dict[str, Any]:
     """The Gemini GenerateContentRequest for an OpenAI chat request; `cap` is the output
     cap of each candidate (maxOutputTokens)."""
     body = chat.body
-    if body.get("functions") or body.get("function_call"):
-        raise BadRequest("functions and function_call are deprecated; use tools and tool_choice.")
-    system, contents = _contents(body.get("messages") or [])
-    if not contents:
-        if not system:
-            raise BadRequest("messages must contain at least one message with content.")
-        # OpenAI answers a conversation of system text alone; Gemini needs a user turn.
-        contents, system = [{"role": "user", "parts": system}], []
+    for name in ("functions", "function_call"):
+        if body.get(name):
+            raise BadRequest(
+                "functions and function_call are deprecated; use tools and tool_choice.",
+                param=name,
+            )
+    _refuse_unsupported(body)
+    names = ToolNames()
+    declarations = []
+    tools = body.get("tools")
+    if tools:
+        if not isinstance(tools, list):
+            raise BadRequest("tools must be an array of function tools.", param="tools")
+        declarations = [_declaration(tool, f"tools[{i}]", names) for i, tool in enumerate(tools)]
+    system, contents = _contents(body.get("messages") or [], names)
     request: dict[str, Any] = {"contents": contents}
     if system:
         request["systemInstruction"] = {"parts": system}
     request["generationConfig"] = _generation_config(chat, cap)
-    tools = body.get("tools")
-    if tools:
-        if not isinstance(tools, list):
-            raise BadRequest("tools must be an array of function tools.")
-        declarations = [_declaration(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
+    if declarations:
         request["tools"] = [{"functionDeclarations": declarations}]
         choice = body.get("tool_choice")
         if choice is not None:
-            request["toolConfig"] = {
-                "functionCallingConfig": _calling_config(choice, {d["name"] for d in declarations})
-            }
+            request["toolConfig"] = {"functionCallingConfig": _calling_config(choice, names)}
     return request
 
 
-def _contents(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _refuse_unsupported(body: Mapping[str, Any]) -> None:
+    """Refuse, naming it, a field that would change the answer's shape and that Gemini's
+    generateContent cannot honour."""
+    if body.get("logprobs") or body.get("top_logprobs"):
+        name = "logprobs" if body.get("logprobs") else "top_logprobs"
+        raise BadRequest(f"{name} is not supported for this model.", param=name)
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and any(m != "text" for m in modalities):
+        raise BadRequest("modalities: this model answers text only.", param="modalities")
+    for name in ("audio", "web_search_options"):
+        if body.get(name) is not None:
+            raise BadRequest(f"{name} is not supported for this model.", param=name)
+
+
+def _contents(
+    messages: list[Any], names: ToolNames
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
-    call_names: dict[str, str] = {}  # tool_call id -> function name, for functionResponse
+    # The tool calls of the last assistant message, awaiting their tool messages: Gemini wants
+    # one functionResponse per functionCall, in the next turn, all of them.
+    pending: dict[str, str] = {}  # tool_call id -> Gemini function name, in call order
+    pending_at = ""
+    answers: dict[str, dict[str, Any]] = {}
+
+    def close() -> None:
+        missing = [call_id for call_id in pending if call_id not in answers]
+        if missing:
+            raise BadRequest(
+                f"{pending_at}.tool_calls: no tool message answers {', '.join(missing)}; "
+                "every tool call needs a tool message right after the assistant message.",
+                param="messages",
+            )
+        if pending:
+            _append(contents, "user", [answers[call_id] for call_id in pending])
+        pending.clear()
+        answers.clear()
+
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise BadRequest(f"{where} must be an object.")
+            raise BadRequest(f"{where} must be an object.", param=where)
         role = message.get("role")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or call_id not in pending or call_id in answers:
+                raise BadRequest(
+                    f"{where}.tool_call_id {call_id!r} answers no tool call of the assistant "
+                    "message before it (or answers one twice).",
+                    param=f"{where}.tool_call_id",
+                )
+            answers[call_id] = _function_response(message, where, pending[call_id])
+            continue
+        close()
         if role in ("system", "developer"):
             system.extend(_text_parts(message.get("content"), where))
             continue
         if role == "user":
-            role, parts = "user", _user_parts(message.get("content"), where)
+            parts = _user_parts(message.get("content"), where)
+            if not parts and (not contents or contents[-1]["role"] != "user"):
+                parts = [{"text": PLACEHOLDER}]  # the client's turn, said with nothing
+            _append(contents, "user", parts)
         elif role == "assistant":
-            role, parts = "model", _assistant_parts(message, where, call_names)
-        elif role == "tool":
-            role, parts = "user", [_function_response(message, where, call_names)]
+            parts, calls = _assistant_parts(message, where, names)
+            _append(contents, "model", parts)
+            pending.update(calls)
+            pending_at = where
         elif role == "function":
-            raise BadRequest(f"{where}: legacy function messages are not supported; use tools.")
+            raise BadRequest(
+                f"{where}: legacy function messages are not supported; use tools.", param=where
+            )
         else:
-            raise BadRequest(f"{where}.role {role!r} is not supported for this model.")
-        if not parts:
-            continue  # Gemini refuses a content with no parts (or an empty text part)
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+            raise BadRequest(
+                f"{where}.role {role!r} is not supported for this model.", param=f"{where}.role"
+            )
+    close()
+    if not contents:
+        # OpenAI answers a conversation of system text alone; Gemini needs a user turn.
+        contents, system = [{"role": "user", "parts": system or [{"text": PLACEHOLDER}]}], []
+    if contents[0]["role"] == "model":
+        contents.insert(0, {"role": "user", "parts": [{"text": PLACEHOLDER}]})
+    for content in contents:
+        # The first functionCall of each step must carry a signature on Gemini 3.
+        first = next((p for p in content["parts"] if "functionCall" in p), None)
+        if content["role"] == "model" and first is not None:
+            first.setdefault("thoughtSignature", DUMMY_SIGNATURE)
     return system, contents
+
+
+def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
+    if not parts:
+        return  # Gemini refuses a content with no parts (or an empty text part)
+    if contents and contents[-1]["role"] == role:
+        contents[-1]["parts"].extend(parts)
+    else:
+        contents.append({"role": role, "parts": parts})
 
 
 def _text_parts(content: Any, where: str) -> list[dict[str, Any]]:
@@ -173,8 +333,13 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
             audio = part.get("input_audio") or {}
             if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
                 raise BadRequest(f"{pwhere}.input_audio.data must be base64 audio.")
-            mime = f"audio/{audio.get('format') or 'wav'}"
-            parts.append({"inlineData": {"mimeType": mime, "data": audio["data"]}})
+            audio_format = audio.get("format") or "wav"
+            parts.append(
+                _media_part(
+                    f"data:audio/{audio_format};base64,{audio['data']}",
+                    f"{pwhere}.input_audio",
+                )
+            )
         elif kind == "file":
             file = part.get("file") or {}
             data = file.get("file_data") if isinstance(file, dict) else None
@@ -195,7 +360,15 @@ def _media_part(url: Any, where: str) -> dict[str, Any]:
         header, comma, data = url[5:].partition(",")
         if not comma or not header.endswith(";base64"):
             raise BadRequest(f"{where} must be a base64 data: URL.")
-        mime = header.split(";", 1)[0] or "application/octet-stream"
+        mime = header.split(";", 1)[0].strip().lower()
+        mime = _MIME_ALIASES.get(mime, mime)
+        if mime not in INLINE_MIME_TYPES:
+            raise BadRequest(
+                f"{where}: media type {mime or 'none'!r} is not supported by this model.",
+                param=where,
+            )
+        if not data:
+            raise BadRequest(f"{where} holds no data.", param=where)
         return {"inlineData": {"mimeType": mime, "data": data}}
     if urlsplit(url).scheme in ("http", "https"):
         file_data: dict[str, str] = {"fileUri": url}
@@ -207,34 +380,43 @@ def _media_part(url: Any, where: str) -> dict[str, Any]:
 
 
 def _assistant_parts(
-    message: dict[str, Any], where: str, call_names: dict[str, str]
-) -> list[dict[str, Any]]:
+    message: dict[str, Any], where: str, names: ToolNames
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The model parts of an assistant message, and its calls (tool_call id -> name)."""
     parts = _text_parts(message.get("content"), where)
+    calls: dict[str, str] = {}
     for j, call in enumerate(message.get("tool_calls") or ()):
         cwhere = f"{where}.tool_calls[{j}]"
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise BadRequest(f"{cwhere}.function.name is required.")
+            raise BadRequest(f"{cwhere}.function.name is required.", param=f"{cwhere}.function")
+        call_id = call.get("id")
+        if not isinstance(call_id, str) or not call_id or call_id in calls:
+            raise BadRequest(f"{cwhere}.id must be a unique string.", param=f"{cwhere}.id")
         raw = function.get("arguments") or "{}"
         try:
             args = orjson.loads(raw)
         except (orjson.JSONDecodeError, TypeError) as exc:
-            raise BadRequest(f"{cwhere}.function.arguments must be a JSON object.") from exc
+            raise BadRequest(
+                f"{cwhere}.function.arguments must be a JSON object.",
+                param=f"{cwhere}.function.arguments",
+            ) from exc
         if not isinstance(args, dict):
-            raise BadRequest(f"{cwhere}.function.arguments must be a JSON object.")
-        if isinstance(call.get("id"), str):
-            call_names[call["id"]] = function["name"]
-        parts.append({"functionCall": {"name": function["name"], "args": args}})
-    return parts
+            raise BadRequest(
+                f"{cwhere}.function.arguments must be a JSON object.",
+                param=f"{cwhere}.function.arguments",
+            )
+        name = names.gemini(function["name"], f"{cwhere}.function.name")
+        calls[call_id] = name
+        part: dict[str, Any] = {"functionCall": {"name": name, "args": args}}
+        signed = _SIGNED_ID.fullmatch(call_id)
+        if signed:
+            part["thoughtSignature"] = signed.group(1)
+        parts.append(part)
+    return parts, calls
 
 
-def _function_response(
-    message: dict[str, Any], where: str, call_names: Mapping[str, str]
-) -> dict[str, Any]:
-    call_id = message.get("tool_call_id")
-    name = call_names.get(call_id) if isinstance(call_id, str) else None
-    if name is None:
-        raise BadRequest(f"{where}.tool_call_id {call_id!r} matches no earlier tool call.")
+def _function_response(message: dict[str, Any], where: str, name: str) -> dict[str, Any]:
     content = message.get("content")
     if isinstance(content, list):
         content = "".join(p["text"] for p in _text_parts(content, where))
@@ -256,11 +438,15 @@ def _generation_config(chat: ChatRequest, cap: int) -> dict[str, Any]:
     if body.get("top_p") is not None:
         config["topP"] = body["top_p"]
     stop = body.get("stop")
-    if stop is not None and not isinstance(stop, (str, list)):
-        raise BadRequest("stop must be a string or an array of strings.")
-    stops = [stop] if isinstance(stop, str) else [s for s in stop or () if s]
+    given = [stop] if isinstance(stop, str) else stop if stop is not None else []
+    if not isinstance(given, list) or not all(isinstance(s, str) for s in given):
+        raise BadRequest("stop must be a string or an array of strings.", param="stop")
+    # Gemini refuses an empty stop sequence; whitespace ones ("\n") are real and kept.
+    stops = list(dict.fromkeys(s for s in given if s))
     if len(stops) > MAX_STOP_SEQUENCES:
-        raise BadRequest(f"stop: this model takes at most {MAX_STOP_SEQUENCES} sequences.")
+        raise BadRequest(
+            f"stop: this model takes at most {MAX_STOP_SEQUENCES} sequences.", param="stop"
+        )
     if stops:
         config["stopSequences"] = stops
     for name, field in _PENALTIES.items():
@@ -298,14 +484,19 @@ def _candidate_count(body: Mapping[str, Any]) -> int:
     return n if isinstance(n, int) and n > 0 else 1
 
 
-def _declaration(tool: Any, where: str) -> dict[str, Any]:
+def _declaration(tool: Any, where: str, names: ToolNames) -> dict[str, Any]:
     if not isinstance(tool, dict) or tool.get("type") != "function":
-        raise BadRequest(f"{where}: only function tools are supported for this model.")
+        raise BadRequest(f"{where}: only function tools are supported for this model.", param=where)
     function = tool.get("function")
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise BadRequest(f"{where}.function.name is required.")
-    declaration: dict[str, Any] = {"name": function["name"]}
-    if isinstance(function.get("description"), str):
+        raise BadRequest(f"{where}.function.name is required.", param=f"{where}.function.name")
+    if function["name"] in names.to_gemini:
+        raise BadRequest(
+            f"{where}.function.name {_short(function['name'])!r} is declared twice.",
+            param=f"{where}.function.name",
+        )
+    declaration: dict[str, Any] = {"name": names.gemini(function["name"], f"{where}.function.name")}
+    if isinstance(function.get("description"), str) and function["description"]:
         declaration["description"] = function["description"]
     parameters = function.get("parameters")
     if isinstance(parameters, dict):
@@ -316,16 +507,21 @@ def _declaration(tool: Any, where: str) -> dict[str, Any]:
     return declaration
 
 
-def _calling_config(choice: Any, names: set[str]) -> dict[str, Any]:
+def _calling_config(choice: Any, names: ToolNames) -> dict[str, Any]:
     if isinstance(choice, str) and choice in _TOOL_CHOICE_MODES:
         return {"mode": _TOOL_CHOICE_MODES[choice]}
     function = choice.get("function") if isinstance(choice, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str):
-        raise BadRequest("tool_choice must be auto, none, required or a named function.")
-    if name not in names:
-        raise BadRequest(f"tool_choice names function {name!r}, which is not in tools.")
-    return {"mode": "ANY", "allowedFunctionNames": [name]}
+        raise BadRequest(
+            "tool_choice must be auto, none, required or a named function.", param="tool_choice"
+        )
+    if name not in names.to_gemini:
+        raise BadRequest(
+            f"tool_choice names function {_short(name)!r}, which is not in tools.",
+            param="tool_choice",
+        )
+    return {"mode": "ANY", "allowedFunctionNames": [names.to_gemini[name]]}
 
 
 # -- response --------------------------------------------------------------------------------
@@ -351,7 +547,19 @@ def finish_reason(reason: Any, called_tools: bool) -> str:
     return "tool_calls" if called_tools and mapped == "stop" else mapped
 
 
-def _candidate_output(candidate: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+def _call_id(signature: Any) -> str:
+    """A fresh tool call id, carrying the call's thoughtSignature when it has one: clients
+    echo the id back (assistant tool_calls, tool_call_id), which brings the signature back
+    to the functionCall part it came on."""
+    call_id = f"call_{uuid.uuid4().hex}"
+    if isinstance(signature, str) and _SIGNED_ID.fullmatch(f"{call_id}~{signature}"):
+        return f"{call_id}~{signature}"
+    return call_id
+
+
+def _candidate_output(
+    candidate: dict[str, Any], names: ToolNames
+) -> tuple[str, list[dict[str, Any]]]:
     """The text (thoughts left out) and the function calls of one candidate's parts."""
     content = candidate.get("content")
     parts = content.get("parts") if isinstance(content, dict) else None
@@ -366,10 +574,10 @@ def _candidate_output(candidate: dict[str, Any]) -> tuple[str, list[dict[str, An
         if isinstance(call, dict):
             calls.append(
                 {
-                    "id": f"call_{uuid.uuid4().hex}",
+                    "id": _call_id(part.get("thoughtSignature")),
                     "type": "function",
                     "function": {
-                        "name": str(call.get("name") or ""),
+                        "name": names.openai(str(call.get("name") or "")),
                         "arguments": orjson.dumps(call.get("args") or {}).decode(),
                     },
                 }
@@ -391,8 +599,10 @@ def _error_object(payload: Any) -> dict[str, Any] | None:
 
 
 def _key_rejected(error: dict[str, Any]) -> bool:
-    # Google answers a bad key with 400 INVALID_ARGUMENT; only the reason tells it apart.
-    if "API_KEY_INVALID" in str(error.get("message") or ""):
+    # Google answers a bad or expired key with 400 INVALID_ARGUMENT; only the reason (or
+    # the message) tells it apart from a bad request.
+    message = str(error.get("message") or "")
+    if any(s in message for s in ("API_KEY_INVALID", "API key not valid", "API key expired")):
         return True
     details = error.get("details")
     return isinstance(details, list) and any(
@@ -424,6 +634,7 @@ class GeminiStream(StreamTranslator):
         self.started = False
         self.finished: set[int] = set()
         self.calls_sent: dict[int, int] = {}  # candidate index -> tool calls streamed
+        self.names = tool_names(chat.body)
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if event.comment or not event.data:
@@ -455,7 +666,7 @@ class GeminiStream(StreamTranslator):
         if not isinstance(index, int) or index in self.finished:
             return []
         chunks = []
-        text, calls = _candidate_output(candidate)
+        text, calls = _candidate_output(candidate, self.names)
         if text:
             self.produced_chars += text_weight(text)
             chunks.append(_chunk(index, {"content": text}))
@@ -519,10 +730,11 @@ class GeminiProvider(Provider):
             code = error.get("code")
             raise self.map_error(code if isinstance(code, int) else 500, error, {})
         usage = usage_from(payload.get("usageMetadata"))
+        names = tool_names(chat.body)
         candidates = [c for c in payload.get("candidates") or () if isinstance(c, dict)]
         choices = []
         for candidate in candidates:
-            text, calls = _candidate_output(candidate)
+            text, calls = _candidate_output(candidate, names)
             content = text or (None if calls else "")
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if calls:
@@ -574,7 +786,8 @@ class GeminiProvider(Provider):
     def map_error(
         self, status: int, error: dict[str, Any], headers: Mapping[str, str]
     ) -> GatewayError:
-        """A Google `{"code", "message", "status"}` error as ours; a key problem is our 502."""
+        """A Google `{"code", "message", "status"}` error as ours: the client's request (400),
+        or this deployment's fault, retryable so the next deployment is tried."""
         name = self.config.name
         google = error.get("status")
         message = error.get("message") if isinstance(error.get("message"), str) else None
@@ -594,8 +807,45 @@ class GeminiProvider(Provider):
                 f"Provider '{name}' is overloaded; retry later.",
                 headers={"Retry-After": _retry_after(error, headers)},
             )
-        if status == 504 or google == "DEADLINE_EXCEEDED":
+        if status in (408, 504) or google == "DEADLINE_EXCEEDED":
             return UpstreamTimeout(f"Provider '{name}' timed out.")
+        if status == 404 or google == "NOT_FOUND":
+            # The configured upstream model is unknown or retired: not the client's request.
+            return ModelUnavailable(
+                f"Provider '{name}' does not serve the configured model (unknown or retired)."
+            )
+        if google == "FAILED_PRECONDITION":
+            # The provider account's region or billing ("User location is not supported").
+            return ModelUnavailable(
+                f"Provider '{name}' refused this deployment: {message or 'failed precondition'}"
+            )
+        if status in (409, 499) or google in ("ABORTED", "CANCELLED"):
+            return UpstreamError(f"Provider '{name}' dropped the request ({status}).")
         if 400 <= status < 500:
-            return BadRequest(message or f"Provider '{name}' rejected the request ({status}).")
+            return BadRequest(
+                message or f"Provider '{name}' rejected the request ({status}).",
+                param=_param_of(message or ""),
+            )
         return UpstreamError(f"Provider '{name}' failed ({status}).")
+
+
+# Where a Google validation message points, as the OpenAI request field it came from.
+_PARAMS = (
+    ("function_response", "messages"),
+    ("functionresponse", "messages"),
+    ("function call", "messages"),
+    ("thought_signature", "messages"),
+    ("contents", "messages"),
+    ("system_instruction", "messages"),
+    ("function_declarations", "tools"),
+    ("tool_config", "tool_choice"),
+    ("response_schema", "response_format"),
+    ("stop_sequences", "stop"),
+    ("max_output_tokens", "max_completion_tokens"),
+    ("candidate_count", "n"),
+)
+
+
+def _param_of(message: str) -> str | None:
+    text = message.lower()
+    return next((param for key, param in _PARAMS if key in text), None)
