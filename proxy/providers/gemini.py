@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import mimetypes
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -760,7 +761,12 @@ class GeminiProvider(Provider):
                 for i in range(_candidate_count(chat.body))
             ]
         choices.sort(key=lambda choice: choice["index"])
-        completion: dict[str, Any] = {"object": "chat.completion", "choices": choices}
+        # `created` is the gateway's to stamp (base.py), but completion_body does not yet.
+        completion: dict[str, Any] = {
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "choices": choices,
+        }
         if usage is not None:
             completion["usage"] = usage.as_dict()
         return completion, usage
@@ -835,6 +841,7 @@ _PARAMS = (
     ("functionresponse", "messages"),
     ("function call", "messages"),
     ("thought_signature", "messages"),
+    ("thought signature", "messages"),
     ("contents", "messages"),
     ("system_instruction", "messages"),
     ("function_declarations", "tools"),
