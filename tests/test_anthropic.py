@@ -122,8 +122,7 @@ def test_system_hoisted_turns_merged_and_parameters_mapped() -> None:
             frequency_penalty=0.5,
             presence_penalty=0.1,
             logit_bias={"50256": -100},
-            response_format={"type": "json_object"},
-            logprobs=True,
+            logprobs=False,
             n=1,
             messages=[
                 {"role": "system", "content": "You are terse."},
@@ -157,8 +156,7 @@ def test_system_hoisted_turns_merged_and_parameters_mapped() -> None:
             },
             {"role": "user", "content": [{"type": "text", "text": "Oui."}]},
         ],
-        "temperature": 1.0,
-        "top_p": 0.9,
+        "temperature": 1.0,  # and no top_p: newer models refuse the two together
         "stop_sequences": ["END"],
         "metadata": {"user_id": "user-42"},
         "stream": True,
@@ -708,7 +706,7 @@ def anthropic_error(kind: str, message: str) -> bytes:
         (400, "invalid_request_error", 400),
         (401, "authentication_error", 502),
         (403, "permission_error", 502),
-        (404, "not_found_error", 400),
+        (404, "not_found_error", 503),
         (413, "request_too_large", 400),
         (429, "rate_limit_error", 503),
         (500, "api_error", 502),
@@ -720,7 +718,7 @@ def test_error_statuses(status: int, kind: str, ours: int) -> None:
         status, anthropic_error(kind, f"{SECRET} is bad"), {"Retry-After": "12"}
     )
     assert error.status == ours
-    if ours == 503:
+    if kind in ("rate_limit_error", "overloaded_error"):
         assert error.headers == {"Retry-After": "12"}
     if status in (401, 403):
         assert SECRET not in error.message
@@ -731,7 +729,7 @@ def test_error_details() -> None:
     invalid = p.error_from_response(
         400, anthropic_error("invalid_request_error", "max_tokens: Field required"), {}
     )
-    assert invalid.message == "max_tokens: Field required"
+    assert invalid.status == 400 and "max_tokens: Field required" in invalid.message
     overloaded = p.error_from_response(529, anthropic_error("overloaded_error", "Overloaded"), {})
     assert overloaded.headers == {"Retry-After": "1"}
     assert p.error_from_response(502, b"<html>Bad gateway</html>", {}).status == 502
@@ -924,7 +922,7 @@ async def test_e2e_every_delta_arrives_before_the_next_upstream_event(
     ("scenario", "error", "status", "text"),
     [
         ("invalid_request", openai.BadRequestError, 400, "text content blocks must be non-empty"),
-        ("not_found", openai.BadRequestError, 400, "claude-unknown"),
+        ("not_found", openai.InternalServerError, 503, "does not serve this model"),
         ("overloaded", openai.InternalServerError, 503, "overloaded"),
         ("rate_limited", openai.InternalServerError, 503, "rate-limited"),
         ("server_error", openai.InternalServerError, 502, "failed"),
@@ -944,8 +942,8 @@ async def test_e2e_upstream_errors(
     with pytest.raises(error) as caught:
         await client.chat.completions.create(model=MODEL, messages=USER, stream=stream)
     assert caught.value.status_code == status
-    assert isinstance(caught.value.body, str) and text in caught.value.body  # our {"error": ...}
-    if status == 503:
+    assert text in caught.value.message
+    if scenario in ("overloaded", "rate_limited"):
         assert caught.value.response.headers["retry-after"] == "7"
 
 
@@ -957,9 +955,9 @@ async def test_e2e_rejected_provider_key_is_ours_and_stays_secret(
     with pytest.raises(openai.InternalServerError) as caught:
         await client.chat.completions.create(model=MODEL, messages=USER)
     assert caught.value.status_code == 502
-    assert isinstance(caught.value.body, str) and "credentials" in caught.value.body
-    assert "test-key" not in caught.value.body
-    assert "invalid x-api-key" not in caught.value.body
+    assert "credentials" in caught.value.message
+    assert "test-key" not in str(caught.value.body)
+    assert "invalid x-api-key" not in str(caught.value.body)
 
 
 async def test_e2e_overloaded_mid_stream(claude: tuple[AsyncOpenAI, FakeAnthropic]) -> None:

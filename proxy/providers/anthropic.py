@@ -23,13 +23,22 @@ last `message_delta` (cumulative output; newer API versions repeat the input cou
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from typing import Any
 
 import orjson
 
 from proxy.config import Deployment, ProviderConfig
-from proxy.errors import BadRequest, GatewayError, ServiceUnavailable, UpstreamError
+from proxy.errors import (
+    BadRequest,
+    GatewayError,
+    ModelUnavailable,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from proxy.providers.base import (
     ChatRequest,
     Provider,
@@ -56,6 +65,14 @@ FINISH_REASONS = {
 _INPUT_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 _DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(?P<data>.*)", re.S)
 _TOOL_ID_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
+_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # OpenAI's rule for function names; Anthropic's too
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_IMAGE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
+_IMAGE_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG", "image/png"), (b"GIF8", "image/gif"))
+_ACCOUNT_TROUBLE = re.compile(r"credit balance|billing|usage limits|spend limit", re.I)
+# What a user turn says when the client's was empty: Anthropic refuses empty turns and blank
+# text, and dropping the turn would leave an assistant turn last (a prefill to continue).
+PLACEHOLDER = "..."
 
 
 def finish_reason(stop_reason: Any) -> str:
@@ -76,9 +93,19 @@ def usage_from(payload: Any) -> Usage | None:
 # -- request ---------------------------------------------------------------------------------
 
 
-def _tool_id(value: Any) -> str:
+def _tool_id(value: Any, where: str) -> str:
     """Anthropic wants ids matching [a-zA-Z0-9_-]+; ids made by other providers may not."""
-    return _TOOL_ID_BAD_CHARS.sub("_", str(value or "")) or "call"
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"'{where}' must be a non-empty string.", param=where)
+    return _TOOL_ID_BAD_CHARS.sub("_", value)
+
+
+def _check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise BadRequest(
+            f"'{where}' must be 1 to 64 letters, digits, underscores or dashes.", param=where
+        )
+    return name
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -99,150 +126,287 @@ def _text_of(content: Any, where: str) -> str:
     return "".join(texts)
 
 
+def _sniff_image(data: str) -> str | None:
+    """The image type its first bytes say, whatever the data: URL claims."""
+    try:
+        head = base64.b64decode(data[:24] + "=" * (-len(data[:24]) % 4))
+    except ValueError:
+        return None
+    for magic, media_type in _IMAGE_MAGIC:
+        if head.startswith(magic):
+            return media_type
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
 def _media_block(kind: str, url: Any, where: str) -> dict[str, Any]:
     if not isinstance(url, str) or not url:
-        raise BadRequest(f"{where} has no URL.")
-    if url.startswith("data:"):
-        match = _DATA_URL.fullmatch(url)
-        if not match:
-            raise BadRequest(f"{where} must be a base64 data: URL or an http(s) URL.")
-        source = {"type": "base64", "media_type": match["type"], "data": match["data"]}
-        return {"type": kind, "source": source}
+        raise BadRequest(f"{where} has no URL.", param=where)
     if url.startswith(("http://", "https://")):
         return {"type": kind, "source": {"type": "url", "url": url}}
-    raise BadRequest(f"{where} must be a base64 data: URL or an http(s) URL.")
+    match = _DATA_URL.fullmatch(url) if url.startswith("data:") else None
+    if not match:
+        raise BadRequest(f"{where} must be a base64 data: URL or an http(s) URL.", param=where)
+    media_type, data = match["type"].lower(), match["data"]
+    if kind == "image":
+        media_type = _sniff_image(data) or _IMAGE_ALIASES.get(media_type, media_type)
+        if media_type not in IMAGE_TYPES:
+            raise BadRequest(
+                f"{where}: images must be JPEG, PNG, GIF or WebP for this model, not {media_type}.",
+                param=where,
+            )
+    elif media_type == "text/plain":
+        try:
+            text = base64.b64decode(data, validate=True).decode("utf-8")
+        except ValueError as exc:  # binascii.Error and UnicodeDecodeError both are
+            raise BadRequest(
+                f"{where}: the text/plain file is not base64 UTF-8.", param=where
+            ) from exc
+        return {"type": kind, "source": {"type": "text", "media_type": media_type, "data": text}}
+    elif media_type != "application/pdf":
+        raise BadRequest(
+            f"{where}: files must be PDF or plain text for this model, not {media_type}.",
+            param=where,
+        )
+    return {"type": kind, "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
 def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
+        return [{"type": "text", "text": content}] if content.strip() else []
     if not isinstance(content, list):
         raise BadRequest(f"{where}.content must be a string or a list of parts.")
     blocks: list[dict[str, Any]] = []
     for i, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
+        at = f"{where}.content[{i}]"
         if kind == "text" and isinstance(part.get("text"), str):
-            if part["text"]:
+            if part["text"].strip():  # Anthropic refuses empty and blank text blocks
                 blocks.append({"type": "text", "text": part["text"]})
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
-            blocks.append(_media_block("image", url, f"{where}.content[{i}]"))
+            blocks.append(_media_block("image", url, f"{at}.image_url.url"))
         elif kind == "file" and isinstance(doc := part.get("file"), dict) and doc.get("file_data"):
-            blocks.append(_media_block("document", doc["file_data"], f"{where}.content[{i}]"))
+            blocks.append(_media_block("document", doc["file_data"], f"{at}.file.file_data"))
         else:
             raise BadRequest(
-                f"{where}.content[{i}]: content part type {kind!r} is not supported for this model."
+                f"{at}: content part type {kind!r} is not supported for this model.", param=at
             )
     return blocks
 
 
-def _tool_use_blocks(calls: Any, where: str) -> list[dict[str, Any]]:
-    blocks = []
+Placed = list[tuple[dict[str, Any], str]]  # blocks of a turn, each with the field it came from
+
+
+def _tool_use_blocks(calls: Any, where: str) -> Placed:
+    blocks: Placed = []
     for i, call in enumerate(calls or ()):
+        at = f"{where}.tool_calls[{i}]"
         function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise BadRequest(f"{where}.tool_calls[{i}] must be a function call with a name.")
+        if not isinstance(function, dict):
+            raise BadRequest(f"{at} must be a function call with a name.", param=at)
+        name = _check_name(function.get("name"), f"{at}.function.name")
         arguments = function.get("arguments") or "{}"
         try:
             parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
         except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"{where}.tool_calls[{i}].function.arguments is not JSON.") from exc
+            raise BadRequest(f"{at}.function.arguments is not JSON.", param=at) from exc
         if not isinstance(parsed, dict):
-            raise BadRequest(f"{where}.tool_calls[{i}].function.arguments must be a JSON object.")
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": _tool_id(call.get("id")),
-                "name": function["name"],
-                "input": parsed,
-            }
-        )
+            raise BadRequest(f"{at}.function.arguments must be a JSON object.", param=at)
+        block = {
+            "type": "tool_use",
+            "id": _tool_id(call.get("id"), f"{at}.id"),
+            "name": name,
+            "input": parsed,
+        }
+        blocks.append((block, f"{at}.id"))
     return blocks
 
 
 def _tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
     block: dict[str, Any] = {
         "type": "tool_result",
-        "tool_use_id": _tool_id(message.get("tool_call_id")),
+        "tool_use_id": _tool_id(message.get("tool_call_id"), f"{where}.tool_call_id"),
     }
     content = message.get("content")
     if isinstance(content, list):
-        block["content"] = _user_blocks(content, where)
-    elif content:
-        block["content"] = str(content)
+        if parts := _user_blocks(content, where):
+            block["content"] = parts
+    elif isinstance(content, str) and content.strip():
+        block["content"] = content
     return block
+
+
+def _pair_tool_calls(turns: list[tuple[str, Placed]]) -> None:
+    """Give every tool_use an id unique in the request, and its result that id; refuse
+    results that answer no call of the assistant turn just before, and calls left unanswered
+    (as OpenAI does). Ids are the client's, scoped by turn: a provider that numbers its calls
+    per turn repeats them, and Anthropic wants them unique."""
+    used: set[str] = set()
+    ids: dict[str, str] = {}  # the client's ids of the last assistant turn -> ours
+    pending: dict[str, str] = {}  # our ids of calls still awaiting a result -> where from
+    for role, blocks in turns:
+        if role == "assistant":
+            ids = {}
+            for block, where in blocks:
+                if block["type"] != "tool_use":
+                    continue
+                if block["id"] in ids:
+                    raise BadRequest(f"'{where}' repeats an id of the same message.", param=where)
+                unique, n = block["id"], 1
+                while unique in used:
+                    n += 1
+                    unique = f"{block['id']}_{n}"
+                used.add(unique)
+                ids[block["id"]] = block["id"] = unique
+                pending[unique] = where
+            continue
+        for block, where in blocks:
+            if block["type"] == "tool_result":
+                ours = ids.get(block["tool_use_id"])
+                if ours is None or pending.pop(ours, None) is None:
+                    raise BadRequest(
+                        f"'{where}' answers no tool call of the assistant message before it.",
+                        param=where,
+                    )
+                block["tool_use_id"] = ours
+        if pending:
+            break
+    if pending:
+        where = next(iter(pending.values()))
+        raise BadRequest(
+            f"'{where}': this tool call has no tool message answering it.", param=where
+        )
 
 
 def translate_messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """OpenAI messages -> (Anthropic `system`, alternating Anthropic `messages`)."""
     system: list[str] = []
-    turns: list[dict[str, Any]] = []
+    turns: list[tuple[str, Placed]] = []
     for i, message in enumerate(messages):
         role = message.get("role")
         where = f"messages[{i}]"
+        blocks: Placed
         if role in ("system", "developer"):
             text = _text_of(message.get("content"), where)
-            if text:
+            if text.strip():
                 system.append(text)
             continue
         if role == "user":
-            blocks = _user_blocks(message.get("content"), where)
+            blocks = [(b, where) for b in _user_blocks(message.get("content"), where)]
         elif role == "assistant":
             text = _text_of(message.get("content"), where)
-            blocks = [{"type": "text", "text": text}] if text else []
+            blocks = [({"type": "text", "text": text}, where)] if text.strip() else []
             blocks += _tool_use_blocks(message.get("tool_calls"), where)
+            if not blocks:
+                continue  # an empty assistant message: the turns around it merge
         elif role == "tool":
             role = "user"
-            blocks = [_tool_result_block(message, where)]
+            blocks = [(_tool_result_block(message, where), f"{where}.tool_call_id")]
         else:
-            raise BadRequest(f"{where}.role {role!r} is not supported for this model.")
-        if not blocks:
-            continue  # Anthropic refuses empty turns; the neighbours merge instead
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
+            raise BadRequest(
+                f"{where}.role {role!r} is not supported for this model.", param=f"{where}.role"
+            )
+        if turns and turns[-1][0] == role:
+            turns[-1][1].extend(blocks)
         else:
-            turns.append({"role": role, "content": blocks})
-    for turn in turns:
-        if turn["role"] == "user":
-            # Anthropic wants tool results before any text in a user turn; keep each group's order.
-            turn["content"].sort(key=lambda block: block["type"] != "tool_result")
-    if turns and turns[-1]["role"] == "assistant":
+            turns.append((role, blocks))
+    if not turns and system:  # a system prompt alone is the request: it becomes the user turn
+        turns.append(("user", [({"type": "text", "text": "\n\n".join(system)}, "messages")]))
+        system = []
+    if not turns or turns[0][0] != "user":
+        turns.insert(0, ("user", []))
+    _pair_tool_calls(turns)
+    out: list[dict[str, Any]] = []
+    for role, placed in turns:
+        content = [block for block, _ in placed]
+        if role == "user":
+            # Tool results first, as Anthropic wants; each group keeps its order.
+            content.sort(key=lambda block: block["type"] != "tool_result")
+        out.append({"role": role, "content": content or [{"type": "text", "text": PLACEHOLDER}]})
+    last = out[-1]["content"]
+    if out[-1]["role"] == "assistant" and last[-1]["type"] == "text":
         # A final assistant turn is a prefill, and Anthropic refuses one ending in whitespace.
-        last = turns[-1]["content"]
-        if last and last[-1]["type"] == "text":
-            last[-1]["text"] = last[-1]["text"].rstrip()
-            if not last[-1]["text"]:
-                last.pop()
-    return "\n\n".join(system), turns
+        last[-1]["text"] = last[-1]["text"].rstrip()
+    return "\n\n".join(system), out
 
 
 def translate_tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise BadRequest("tools must be an array of function tools.")
+        raise BadRequest("tools must be an array of function tools.", param="tools")
     out = []
+    names: set[str] = set()
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
-        if (
-            not isinstance(function, dict)
-            or tool.get("type", "function") != "function"
-            or not isinstance(function.get("name"), str)
-        ):
-            raise BadRequest(f"tools[{i}]: only function tools with a name are supported.")
-        spec: dict[str, Any] = {"name": function["name"]}
-        if function.get("description"):
+        if not isinstance(function, dict) or tool.get("type", "function") != "function":
+            raise BadRequest(
+                f"tools[{i}]: only function tools with a name are supported.", param=f"tools[{i}]"
+            )
+        name = _check_name(function.get("name"), f"tools[{i}].function.name")
+        if name in names:
+            raise BadRequest(
+                f"tools[{i}].function.name: {name!r} names two tools.",
+                param=f"tools[{i}].function.name",
+            )
+        names.add(name)
+        spec: dict[str, Any] = {"name": name}
+        if isinstance(function.get("description"), str) and function["description"]:
             spec["description"] = function["description"]
-        parameters = function.get("parameters")
-        spec["input_schema"] = (
-            parameters
-            if isinstance(parameters, dict) and parameters
-            else {"type": "object", "properties": {}}
+        spec["input_schema"] = _object_schema(
+            function.get("parameters"), f"tools[{i}].function.parameters"
         )
         out.append(spec)
     return out
 
 
-def translate_tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+def _object_schema(schema: Any, where: str) -> dict[str, Any]:
+    """Anthropic wants every tool's input schema to be an object's."""
+    if schema is None or schema == {}:
+        return {"type": "object", "properties": {}}
+    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+        raise BadRequest(f"'{where}' must be a JSON schema of an object.", param=where)
+    return {"type": "object", **schema}
+
+
+def response_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool whose input is the answer when `response_format` asks for JSON, or None.
+
+    It is offered only when the model may answer without calling one of the client's tools,
+    i.e. not when `tool_choice` is 'required' or names a function.
+    """
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    choice = body.get("tool_choice")
+    if body.get("tools") and (choice == "required" or isinstance(choice, dict)):
+        return None
+    if kind == "json_object":
+        return {
+            "name": "json_answer",
+            "description": "Give your whole answer as this tool's input: one JSON object.",
+            "input_schema": {"type": "object"},
+        }
+    spec = fmt.get("json_schema") if kind == "json_schema" else None
+    if not isinstance(spec, dict):
+        raise BadRequest(
+            "response_format must be {'type': 'text'}, {'type': 'json_object'} or "
+            "{'type': 'json_schema', 'json_schema': {...}}.",
+            param="response_format",
+        )
+    name = _check_name(spec.get("name"), "response_format.json_schema.name")
+    description = "Give your whole answer as this tool's input."
+    if isinstance(spec.get("description"), str) and spec["description"]:
+        description += " " + spec["description"]
+    schema = _object_schema(spec.get("schema"), "response_format.json_schema.schema")
+    return {"name": name, "description": description, "input_schema": schema}
+
+
+def translate_tool_choice(choice: Any, parallel: Any, names: set[str]) -> dict[str, Any] | None:
     if choice is None or choice == "auto":
         out: dict[str, Any] = {"type": "auto"}
     elif choice == "required":
@@ -254,14 +418,47 @@ def translate_tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
         and isinstance(choice.get("function"), dict)
         and isinstance(choice["function"].get("name"), str)
     ):
+        if choice["function"]["name"] not in names:
+            raise BadRequest(
+                "tool_choice names a function that is not in tools.", param="tool_choice"
+            )
         out = {"type": "tool", "name": choice["function"]["name"]}
     else:
-        raise BadRequest("tool_choice must be 'auto', 'none', 'required' or a named function.")
+        raise BadRequest(
+            "tool_choice must be 'auto', 'none', 'required' or a named function.",
+            param="tool_choice",
+        )
     if parallel is False:
         out["disable_parallel_tool_use"] = True
     elif choice is None:
         return None  # Anthropic's default is already auto
     return out
+
+
+def _refuse_unsupported(body: dict[str, Any], model: str) -> None:
+    """A 400 naming each field whose answer Anthropic cannot give in the shape asked."""
+    n = body.get("n")
+    if isinstance(n, int) and n > 1:
+        raise BadRequest(f"n={n} is not supported for {model}; only n=1.", param="n")
+    if body.get("logprobs") is True or body.get("top_logprobs"):
+        param = "logprobs" if body.get("logprobs") is True else "top_logprobs"
+        raise BadRequest(f"{param}: {model} does not return log probabilities.", param=param)
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and any(m != "text" for m in modalities):
+        raise BadRequest(f"modalities: {model} answers in text only.", param="modalities")
+    for name, why in (
+        ("audio", "answers in text only"),
+        ("functions", "takes `tools`, not the legacy `functions`"),
+        ("function_call", "takes `tool_choice`, not the legacy `function_call`"),
+        ("web_search_options", "does not search the web here"),
+    ):
+        if body.get(name) is not None:
+            raise BadRequest(f"{name}: {model} {why}.", param=name)
+
+
+def _answer_tool_name(chat: ChatRequest) -> str | None:
+    tool = response_tool(chat.body)
+    return tool["name"] if tool is not None else None
 
 
 # -- stream ----------------------------------------------------------------------------------
@@ -279,6 +476,9 @@ class AnthropicStream(StreamTranslator):
         self.output_tokens = 0
         self.started = False  # message_start seen: the input count is the upstream's
         self.tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool call index
+        self.silent: set[int] = set()  # tool blocks whose arguments have not begun
+        self.answer = _answer_tool_name(chat)
+        self.answer_blocks: set[int] = set()  # blocks of response_format's tool: content
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if event.comment or not event.data:
@@ -289,6 +489,8 @@ class AnthropicStream(StreamTranslator):
             return self._block_delta(data)
         if kind == "content_block_start":
             return self._block_start(data)
+        if kind == "content_block_stop":
+            return self._block_stop(data)
         if kind == "message_start":
             message = data.get("message")
             self._count(message.get("usage") if isinstance(message, dict) else None)
@@ -300,6 +502,8 @@ class AnthropicStream(StreamTranslator):
                 self.usage = Usage(input_tokens(self.input_counts), self.output_tokens)
             delta = data.get("delta")
             stop = delta.get("stop_reason") if isinstance(delta, dict) else None
+            if stop == "tool_use" and self.answer_blocks and not self.tool_index:
+                return [_chunk({}, "stop")]  # only response_format's tool was called
             return [_chunk({}, finish_reason(stop))] if stop else []
         if kind == "message_stop":
             self.done = True
@@ -310,7 +514,7 @@ class AnthropicStream(StreamTranslator):
             return []
         if kind == "error":
             raise self.provider.error_from_type(data.get("error"), {})
-        return []  # ping, content_block_stop, and event types added after this was written
+        return []  # ping, and event types added after this was written
 
     def _block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         block = data.get("content_block")
@@ -320,12 +524,18 @@ class AnthropicStream(StreamTranslator):
             self.produced_chars += text_weight(block["text"])
             return [_chunk({"content": block["text"]})]
         if block.get("type") == "tool_use":
-            index = self.tool_index[data.get("index", -1)] = len(self.tool_index)
-            name = str(block.get("name", ""))
+            at = data.get("index", -1)
+            if self.answer is not None and block.get("name") == self.answer:
+                self.answer_blocks.add(at)
+                self.silent.add(at)
+                return []
+            index = self.tool_index[at] = len(self.tool_index)
+            self.silent.add(at)
+            name = str(block.get("name") or "")
             self.produced_chars += text_weight(name)
             call = {
                 "index": index,
-                "id": block.get("id"),
+                "id": str(block.get("id") or ""),
                 "type": "function",
                 "function": {"name": name, "arguments": ""},
             }
@@ -341,16 +551,35 @@ class AnthropicStream(StreamTranslator):
             self.produced_chars += text_weight(delta["text"])
             return [_chunk({"content": delta["text"]})]
         if kind == "input_json_delta" and delta.get("partial_json"):
-            index = self.tool_index.get(data.get("index", -1))
+            at = data.get("index", -1)
+            fragment = str(delta["partial_json"])
+            self.silent.discard(at)
+            if at in self.answer_blocks:
+                self.produced_chars += text_weight(fragment)
+                return [_chunk({"content": fragment})]
+            index = self.tool_index.get(at)
             if index is None:
                 return []
-            self.produced_chars += text_weight(delta["partial_json"])
-            call = {"index": index, "function": {"arguments": delta["partial_json"]}}
+            self.produced_chars += text_weight(fragment)
+            call = {"index": index, "function": {"arguments": fragment}}
             return [_chunk({"tool_calls": [call]})]
         if kind == "thinking_delta" and isinstance(delta.get("thinking"), str):
             # Not sent, but billed as output: count it, for the estimate of a cut stream.
             self.produced_chars += text_weight(delta["thinking"])
         return []  # signature_delta, citations_delta
+
+    def _block_stop(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """A tool without parameters streams `input: {}` and one empty fragment: its arguments
+        must still add up to JSON, as the non-stream answer's "{}" does."""
+        at = data.get("index", -1)
+        if at not in self.silent:
+            return []
+        self.silent.discard(at)
+        self.produced_chars += 2
+        if at in self.answer_blocks:
+            return [_chunk({"content": "{}"})]
+        call = {"index": self.tool_index[at], "function": {"arguments": "{}"}}
+        return [_chunk({"tool_calls": [call]})]
 
     def _count(self, usage: Any) -> None:
         if not isinstance(usage, dict):
@@ -392,9 +621,7 @@ class AnthropicProvider(Provider):
     def build_request(self, chat: ChatRequest, deployment: Deployment) -> UpstreamRequest:
         self.require_key()
         source = chat.body
-        n = source.get("n")
-        if isinstance(n, int) and n > 1:
-            raise BadRequest(f"n={n} is not supported for {chat.public_model}; only n=1.")
+        _refuse_unsupported(source, chat.public_model)
         system, messages = translate_messages(source.get("messages") or [])
         body: dict[str, Any] = {
             "model": deployment.model,
@@ -406,23 +633,52 @@ class AnthropicProvider(Provider):
         temperature = source.get("temperature")
         if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
             body["temperature"] = min(max(float(temperature), 0.0), 1.0)
-        if isinstance(source.get("top_p"), (int, float)):
-            body["top_p"] = source["top_p"]
+        elif isinstance(source.get("top_p"), (int, float)):
+            body["top_p"] = source["top_p"]  # newer models refuse it beside temperature
         stop = source.get("stop")
-        if isinstance(stop, str) and stop:
-            body["stop_sequences"] = [stop]
-        elif isinstance(stop, list) and stop:
-            body["stop_sequences"] = [s for s in stop if isinstance(s, str) and s]
-        if isinstance(source.get("user"), str) and source["user"]:
-            body["metadata"] = {"user_id": source["user"]}
-        tools = source.get("tools")
+        stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+        # Anthropic refuses blank stop sequences; a model rarely ends text on whitespace alone.
+        stops = [s for s in stops if isinstance(s, str) and s.strip()]
+        if stops:
+            body["stop_sequences"] = stops
+        user = source.get("user")
+        if isinstance(user, str) and user:
+            if len(user) > 256 or not user.isprintable():
+                user = hashlib.sha256(user.encode()).hexdigest()
+            body["metadata"] = {"user_id": user}
+        tools = translate_tools(source["tools"]) if source.get("tools") else []
+        names = {tool["name"] for tool in tools}
+        choice = source.get("tool_choice")
         if tools:
-            body["tools"] = translate_tools(tools)
-            choice = translate_tool_choice(
-                source.get("tool_choice"), source.get("parallel_tool_calls")
+            anthropic_choice = translate_tool_choice(
+                choice, source.get("parallel_tool_calls"), names
             )
-            if choice is not None:
-                body["tool_choice"] = choice
+        elif choice == "required" or isinstance(choice, dict):
+            raise BadRequest(
+                "tool_choice asks for a tool call, but tools is empty.", param="tool_choice"
+            )
+        else:
+            anthropic_choice = None
+        answer = response_tool(source)
+        if answer is not None:
+            if answer["name"] in names:
+                raise BadRequest(
+                    "response_format.json_schema.name is also the name of a tool.",
+                    param="response_format.json_schema.name",
+                )
+            # The answer comes as the input of a tool the model must call (or a call of one of
+            # the client's tools, when it may call them).
+            only_answer = not tools or choice == "none"
+            tools.append(answer)
+            anthropic_choice = (
+                {"type": "tool", "name": answer["name"]} if only_answer else {"type": "any"}
+            )
+            if source.get("parallel_tool_calls") is False:
+                anthropic_choice["disable_parallel_tool_use"] = True
+        if tools:
+            body["tools"] = tools
+        if anthropic_choice is not None:
+            body["tool_choice"] = anthropic_choice
         if chat.stream:
             body["stream"] = True
         try:
@@ -438,6 +694,8 @@ class AnthropicProvider(Provider):
             if payload.get("type") == "error":
                 raise self.error_from_type(payload.get("error"), {})
             raise UpstreamError("The upstream provider sent a malformed answer.")
+        answer = _answer_tool_name(chat)
+        answered = False  # response_format's tool was called: its input is the content
         texts: list[str] = []
         calls: list[dict[str, Any]] = []
         for block in payload["content"]:
@@ -447,11 +705,15 @@ class AnthropicProvider(Provider):
                 texts.append(block["text"])
             elif block.get("type") == "tool_use":
                 arguments = orjson.dumps(block.get("input") or {}).decode()
+                if block.get("name") == answer:
+                    texts.append(arguments)
+                    answered = True
+                    continue
                 calls.append(
                     {
-                        "id": block.get("id"),
+                        "id": str(block.get("id") or ""),
                         "type": "function",
-                        "function": {"name": block.get("name"), "arguments": arguments},
+                        "function": {"name": str(block.get("name") or ""), "arguments": arguments},
                     }
                 )
         message: dict[str, Any] = {
@@ -461,13 +723,16 @@ class AnthropicProvider(Provider):
         }
         if calls:
             message["tool_calls"] = calls
+        stop = payload.get("stop_reason")
         completion: dict[str, Any] = {
             "choices": [
                 {
                     "index": 0,
                     "message": message,
                     "logprobs": None,
-                    "finish_reason": finish_reason(payload.get("stop_reason")),
+                    "finish_reason": "stop"
+                    if stop == "tool_use" and answered and not calls
+                    else finish_reason(stop),
                 }
             ]
         }
@@ -486,9 +751,12 @@ class AnthropicProvider(Provider):
     def error_from_type(
         self, error: Any, headers: dict[str, str], status: int | None = None
     ) -> GatewayError:
-        """Map Anthropic's error `type` (and the HTTP status, when there is one) to ours."""
+        """Map Anthropic's error `type` (and the HTTP status, when there is one) to ours: the
+        client's fault is a 400; the deployment's (its model, our key or account, the
+        service) is retryable, so the next deployment is tried."""
         kind = error.get("type") if isinstance(error, dict) else None
         message = error.get("message") if isinstance(error, dict) else None
+        text = message if isinstance(message, str) else ""
         name = self.config.name
         retry = {"Retry-After": headers.get("retry-after") or "1"}
         if kind == "overloaded_error" or status in (503, 529):
@@ -499,24 +767,31 @@ class AnthropicProvider(Provider):
             return ServiceUnavailable(
                 f"Provider '{name}' is rate-limited; retry later.", headers=retry
             )
+        if kind == "timeout_error" or status in (408, 504):
+            return UpstreamTimeout(f"Provider '{name}' timed out.")
         if kind in ("authentication_error", "permission_error") or status in (401, 403):
             return UpstreamError(f"The gateway's credentials for provider '{name}' were rejected.")
-        if kind == "billing_error" or status == 402:
-            return UpstreamError(f"Provider '{name}' refused the gateway's account (billing).")
+        # "Your credit balance is too low" and spent usage limits come as 400s.
+        if kind == "billing_error" or status == 402 or _ACCOUNT_TROUBLE.search(text):
+            return ModelUnavailable(
+                f"Provider '{name}' refused the gateway's account (billing or usage limits)."
+            )
+        if kind == "not_found_error" or status == 404:
+            return ModelUnavailable(f"Provider '{name}' does not serve this model (retired?).")
         if kind == "request_too_large" or status == 413:
             return BadRequest(f"The request is too large for provider '{name}'.")
-        client_fault = kind in ("invalid_request_error", "not_found_error")
-        if client_fault or (status is not None and 400 <= status < 500):
+        if text.startswith("anthropic-"):  # our headers, not the client's request
+            return UpstreamError(f"Provider '{name}' refused the gateway's request headers.")
+        if kind == "invalid_request_error" or (status is not None and 400 <= status < 500):
             return BadRequest(
-                message
-                if isinstance(message, str) and message
-                else f"Provider '{name}' rejected the request."
+                f"Provider '{name}' refused the request: {text}"
+                if text
+                else f"Provider '{name}' refused the request."
             )
         if status is not None:
             return UpstreamError(f"Provider '{name}' failed ({status}).")
         return UpstreamError(
-            f"Provider '{name}' failed mid-stream"
-            + (f": {message}" if isinstance(message, str) and message else ".")
+            f"Provider '{name}' failed mid-stream" + (f": {text}" if text else ".")
         )
 
     def error_from_response(
