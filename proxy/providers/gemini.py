@@ -3,23 +3,59 @@
 Request: OpenAI messages become `contents` with roles `user` and `model`; system and
 developer text is hoisted into `systemInstruction`; consecutive turns of one role are merged
 into one content, because Gemini wants the roles to alternate. Assistant tool calls become
-`functionCall` parts and tool results `functionResponse` parts in a user turn; Gemini names
-the function in a result where OpenAI gives only the `tool_call_id`, so the name is looked up
-from the earlier call. JSON schemas (tool parameters, `response_format`) are narrowed to the
-OpenAPI subset that `parameters` and `responseSchema` accept on every Gemini model, 1.5
-included (`responseJsonSchema` would take them whole, but only on newer models).
+`functionCall` parts and the tool messages answering them one user turn of `functionResponse`
+parts, in the calls' order (Gemini names the function in a result where OpenAI gives only
+the `tool_call_id`, and wants one result per call of the turn before). JSON schemas (tool
+parameters, `response_format`) are narrowed to the OpenAPI subset that `parameters` and
+`responseSchema` accept on every Gemini model, 1.5 included (`responseJsonSchema` would take
+them whole, but only on newer models).
+
+What Google refuses and a valid OpenAI request may hold, and what is sent instead:
+- no contents (system text only): the system text becomes the user turn; nothing at all, or
+  an empty user message: a user turn of PLACEHOLDER text (Gemini refuses empty text and a
+  content without parts); an empty assistant message is left out;
+- a conversation that opens with the assistant: a PLACEHOLDER user turn before it;
+- a tool call left unanswered, or a tool message answering no call of the assistant message
+  right before it: OpenAI refuses both, and so do we (400, param `messages`/`tool_call_id`);
+- a function name starting with a digit or a dash (OpenAI's pattern allows it, Gemini's
+  wants a letter or `_` first): sent with a `_` in front and mapped back in the answer;
+- empty or repeated stop sequences are left out (whitespace ones are real); more than 5: 400;
+- inline media: `image/jpg`, `audio/mpeg` are renamed to Google's names; a type Gemini does
+  not read (GIF, say) is a 400 naming the part rather than Google's 400.
+
+Thought signatures (Gemini 2.5 and 3): a functionCall part may carry a `thoughtSignature`
+that Gemini 3 wants back on the first functionCall of every step of the current turn
+(parallel calls: only the first has one). OpenAI has no field for it, but clients echo a tool
+call's `id` back (assistant `tool_calls`, tool `tool_call_id`), so the signature rides in the
+id: `call_<hex>~<signature>`, read back only from ids of exactly that shape. The first call
+of a step that has none (history from another model, ids the client made) gets Google's
+documented dummy, DUMMY_SIGNATURE. Signatures on text parts (the last part of an answer
+without calls) are not enforced and have no OpenAI carrier: they are dropped.
+
+OpenAI fields: mapped: messages, tools, tool_choice, temperature, top_p, max_tokens /
+max_completion_tokens (the admitted cap), stop, n (candidateCount), seed, presence and
+frequency penalties (only when non-zero: models without penalty support refuse the field
+even at zero), response_format. Refused with a 400 naming the field, because the answer
+would lack what they ask for: logprobs / top_logprobs, modalities other than text, audio,
+web_search_options, functions / function_call. Ignored, because they do not change the
+answer's shape: logit_bias, user, safety_identifier, prompt_cache_key, parallel_tool_calls
+(Gemini has no switch: an answer may hold several calls), service_tier, store, metadata,
+prediction, reasoning_effort and verbosity (Gemini's thinking budget differs per model, and
+models without thinking refuse thinkingConfig).
 
 Stream: each SSE event is a whole GenerateContentResponse carrying the new parts of each
 candidate and the usage *so far*: `usageMetadata` is cumulative and repeated in every chunk,
 so the last one wins and nothing is summed. Google sends no terminal event; a candidate is
 over when it carries `finishReason`, and the body then just ends. So the finish chunk goes
 out with the finishReason and the usage chunk from `finish()` at EOF. Function calls arrive
-whole, each as one `tool_calls` delta with a synthesized id and the complete arguments.
+whole, each as one `tool_calls` delta with its id and the complete arguments.
 
-Dropped for want of an equivalent: `logprobs`/`top_logprobs` (the 1.5 models have none),
-`logit_bias`, `user`, `parallel_tool_calls`, `service_tier`, `store`, `metadata`,
-`reasoning_effort`. Penalties are sent only when non-zero: models without penalty support
-refuse the field even at zero.
+Errors (`map_error`, also for an error event mid-stream): the client's request is a 400 with
+Google's message; the rest is this deployment's fault and retryable, so the next deployment
+is tried: our key rejected (400 API_KEY_INVALID, 401, 403) a 502 that says nothing of any
+key; an unknown or retired model (404) and region or billing (FAILED_PRECONDITION) a 503
+ModelUnavailable; 429 and 503 a 503 with Retry-After; 408 and 504 a 504; CANCELLED, ABORTED
+and other 5xx a 502.
 """
 
 from __future__ import annotations
