@@ -11,6 +11,7 @@ Adding a provider is one module with a `Provider` subclass and one line in `prov
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +21,10 @@ from proxy.config import Deployment, ProviderConfig
 from proxy.errors import (
     BadRequest,
     GatewayError,
+    ModelUnavailable,
     ServiceUnavailable,
     UpstreamError,
+    UpstreamTimeout,
 )
 from proxy.sse import SSEEvent
 from proxy.tokens import estimate_text_tokens
@@ -97,6 +100,24 @@ def load_json(data: bytes, what: str) -> dict[str, Any]:
     return payload
 
 
+# What an OpenAI-compatible request carries because the gateway puts it there, not the client.
+GATEWAY_PARAMETERS = frozenset({"max_tokens", "max_completion_tokens", "stream_options"})
+
+
+def openai_error_object(payload: Any) -> dict[str, Any]:
+    """The `{"message", "type", "param", "code"}` of an OpenAI-compatible error body: OpenAI's
+    and DeepSeek's `{"error": {...}}`, vLLM's older top-level object, Ollama's
+    `{"error": "<message>"}`; empty when the body is none of these."""
+    if not isinstance(payload, dict):
+        return {}
+    error = payload.get("error")
+    if isinstance(error, dict):
+        return error
+    if isinstance(error, str):
+        return {"message": error}
+    return payload if isinstance(payload.get("message"), str) else {}
+
+
 class StreamTranslator(ABC):
     """Turns one upstream stream into OpenAI chunks, one `feed` per SSE event.
 
@@ -153,40 +174,81 @@ class Provider(ABC):
 
     def error_message(self, payload: Any) -> str | None:
         """The human message inside an upstream error body, if any."""
-        if isinstance(payload, dict):
-            error = payload.get("error")
-            if isinstance(error, dict) and isinstance(error.get("message"), str):
-                return error["message"]
-            if isinstance(error, str):
-                return error
-            if isinstance(payload.get("message"), str):
-                return payload["message"]
-        return None
+        message = openai_error_object(payload).get("message")
+        return message if isinstance(message, str) else None
 
     def error_from_response(
         self, status: int, body: bytes, headers: dict[str, str]
     ) -> GatewayError:
-        """Map an upstream error answer to ours.
-
-        A 4xx is the client's request (400, with the upstream's message), except 401/403 which
-        mean our provider key is wrong: that is our fault (502), and says nothing of the key.
-        429 and overload become 503 with Retry-After; other 5xx a 502.
-        """
+        """Map an upstream error answer to ours (`error_from_object`)."""
         try:
-            message = self.error_message(orjson.loads(body)) if body else None
+            payload = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
-            message = None
+            payload = None
+        return self.error_from_object(openai_error_object(payload), headers, status)
+
+    def error_from_object(
+        self, error: dict[str, Any], headers: Mapping[str, str], status: int | None = None
+    ) -> GatewayError:
+        """An OpenAI-shaped error (an answer's, or a stream's error event when `status` is
+        None) as ours: the client's fault, or the deployment's (retryable).
+
+        The client's: a 400, 413 or 422 about what it sent, with the upstream's message and
+        `param`. Everything else is ours, and another deployment may serve the request:
+        the model retired or unknown (404, DeepSeek's "Model Not Exist"), our provider
+        account without access, region or credit (`ModelUnavailable`); our key rejected
+        (502, never a 401 that would say the client's key is bad); 408 a timeout; 429, 503
+        and 529 an overload (503 with Retry-After); other 5xx a 502.
+        """
         name = self.config.name
-        if status in (401, 403):
-            return UpstreamError(f"The gateway's credentials for provider '{name}' were rejected.")
-        if status in (429, 529) or status == 503:
-            retry = headers.get("retry-after") or "1"
-            what = "rate-limited" if status == 429 else "overloaded"
-            return ServiceUnavailable(
-                f"Provider '{name}' is {what}; retry later.", headers={"Retry-After": retry}
+        message = error.get("message") if isinstance(error.get("message"), str) else None
+        param = error.get("param") if isinstance(error.get("param"), str) else None
+        code, kind = error.get("code"), error.get("type")
+        if status is None and isinstance(code, int) and 400 <= code < 600:
+            status = code  # vLLM puts the status in `code`, also in a stream's error event
+        code = code if isinstance(code, str) else None
+        text = (message or "").lower()
+        retry = {"Retry-After": headers.get("retry-after") or "1"}
+        if (
+            status in (404, 410)
+            or code == "model_not_found"
+            or param == "model"  # the upstream model name comes from our config
+            or "model not exist" in text  # DeepSeek: 400 "Model Not Exist"
+        ):
+            return ModelUnavailable(
+                f"The model is unavailable: provider '{name}' does not serve the model"
+                " it is routed to (retired or unknown)."
             )
-        if 400 <= status < 500:
-            return BadRequest(message or f"Provider '{name}' rejected the request ({status}).")
+        if status == 402 or "insufficient_quota" in (code, kind) or "insufficient balance" in text:
+            return ModelUnavailable(
+                f"The model is unavailable: the gateway's account at provider '{name}' is"
+                " out of credit."
+            )
+        if code == "unsupported_country_region_territory":
+            return ModelUnavailable(
+                f"The model is unavailable: provider '{name}' does not serve the gateway's region."
+            )
+        if status in (401, 403) or code == "invalid_api_key" or kind == "authentication_error":
+            return UpstreamError(f"The gateway's credentials for provider '{name}' were rejected.")
+        if status == 408:
+            return UpstreamTimeout(f"Provider '{name}' timed out.")
+        if status in (429, 503, 529) or code == "rate_limit_exceeded":
+            what = (
+                "rate-limited" if status == 429 or code == "rate_limit_exceeded" else "overloaded"
+            )
+            return ServiceUnavailable(f"Provider '{name}' is {what}; retry later.", headers=retry)
+        if code == "unsupported_parameter" and param in GATEWAY_PARAMETERS:
+            # The gateway sets these (the output cap under the name the config says): the
+            # deployment is misconfigured, and another one may take the request.
+            return UpstreamError(
+                f"Provider '{name}' refused the parameter '{param}' the gateway sends it."
+            )
+        if status in (400, 413, 422) or (status is None and kind == "invalid_request_error"):
+            return BadRequest(
+                message or f"Provider '{name}' rejected the request ({status}).", param=param
+            )
+        if status is None:
+            return UpstreamError(message or f"Provider '{name}' failed mid-stream.")
         return UpstreamError(f"Provider '{name}' failed ({status}).")
 
     def require_key(self) -> None:
