@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import aiohttp
 import openai
 import pytest
 
 from tests.conftest import FakeUpstream, GatewayFactory, openai_provider
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT
+from tests.openai_types import check_chunks, check_completion, sse_chunks
 
 MODELS = {
     "woozlit/gpt-4o-mini": [{"provider": "openai", "model": "gpt-4o-mini"}],
     "woozlit/deepseek-chat": [{"provider": "deepseek", "model": "deepseek-chat"}],
     "woozlit/deepseek-reasoner": [{"provider": "deepseek", "model": "deepseek-reasoner"}],
+    "woozlit/tool-call": [{"provider": "deepseek", "model": "tool-call-nulls"}],
     "woozlit/bad-request": [{"provider": "openai", "model": "error-400"}],
     "woozlit/bad-credentials": [{"provider": "openai", "model": "error-401"}],
     "woozlit/overloaded": [{"provider": "openai", "model": "error-429"}],
@@ -130,3 +133,63 @@ async def test_bad_key_is_authentication_error(gw):
             await client.chat.completions.create(
                 model="woozlit/gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
             )
+
+
+async def raw_post(gw, body: dict) -> tuple[int, bytes, dict]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gw.api + "/chat/completions", json=body, headers=gw.auth()) as resp,
+    ):
+        return resp.status, await resp.read(), dict(resp.headers)
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+async def test_reasoning_deltas_carry_no_null_content(gw, include_usage):
+    """deepseek-reasoner sends `{"content": null, "reasoning_content": ...}`: the gateway
+    forwards the delta without the null (the openai SDK printed it as "None")."""
+    body = {
+        "model": "woozlit/deepseek-reasoner",
+        "messages": [{"role": "user", "content": "Think"}],
+        "stream": True,
+        "stream_options": {"include_usage": include_usage},
+    }
+    status, raw, headers = await raw_post(gw, body)
+    assert status == 200
+    assert headers["x-woozlit-deployment"] == "deepseek/deepseek-reasoner"
+    chunks = sse_chunks(raw)
+    check_chunks(chunks)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert {"reasoning_content": "Let me"} in deltas
+    assert "".join(d.get("content", "") for d in deltas) == "".join(TEXT)
+
+
+async def test_tool_call_deltas_carry_no_nulls(gw):
+    """Later tool-call deltas of vLLM and DeepSeek carry `id`, `type`, `name`, `role` and
+    `content` as null: none of them reaches the client, and the arguments add up."""
+    body = {"model": "woozlit/tool-call", "messages": [{"role": "user", "content": "x"}]}
+    status, raw, _ = await raw_post(gw, {**body, "stream": True})
+    assert status == 200
+    chunks = sse_chunks(raw)
+    check_chunks(chunks)
+    calls = [c["choices"][0]["delta"].get("tool_calls") for c in chunks if c["choices"]]
+    calls = [call[0] for call in calls if call]
+    assert calls[0]["id"] == "call_1" and calls[0]["function"]["name"] == "weather"
+    assert calls[1] == {"index": 0, "function": {"arguments": '{"city": '}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_deployment_header_names_provider_and_upstream_model(gw, stream):
+    body = {
+        "model": "woozlit/gpt-4o-mini",
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": stream,
+    }
+    status, raw, headers = await raw_post(gw, body)
+    assert status == 200
+    assert headers["x-woozlit-deployment"] == "openai/gpt-4o-mini"
+    if stream:
+        assert {c.model for c in check_chunks(sse_chunks(raw))} == {"woozlit/gpt-4o-mini"}
+    else:
+        import orjson
+
+        assert check_completion(orjson.loads(raw)).model == "woozlit/gpt-4o-mini"

@@ -23,6 +23,7 @@ from proxy.providers.base import (
     UpstreamRequest,
     Usage,
     load_json,
+    openai_error_object,
 )
 from proxy.sse import SSEEvent
 from proxy.tokens import text_weight
@@ -38,19 +39,37 @@ def usage_from(payload: Any) -> Usage | None:
     return Usage(prompt, completion)
 
 
-def _delta_chars(choices: Any) -> int:
+def _drop_nulls(item: dict[str, Any]) -> None:
+    # A null is an absent key to OpenAI's own streams, and clients print it ("None").
+    if None in item.values():
+        for key in [key for key, value in item.items() if value is None]:
+            del item[key]
+
+
+def _tidy_deltas(choices: list[Any]) -> int:
+    """Drop the null-valued keys of each delta (DeepSeek's `"content": null` beside
+    `reasoning_content`, a `role: null`, nulls in tool calls) in place, and count what the
+    deltas carry in ASCII-character equivalents: one pass over the few keys of each."""
     chars = 0
     for choice in choices:
         delta = choice.get("delta") if isinstance(choice, dict) else None
         if not isinstance(delta, dict):
             continue
+        _drop_nulls(delta)
         for name in ("content", "reasoning_content"):
             text = delta.get(name)
             if isinstance(text, str):
                 chars += text_weight(text)
-        for call in delta.get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, dict) else None
+        calls = delta.get("tool_calls")
+        if not isinstance(calls, list):
+            continue
+        for call in calls:
+            if not isinstance(call, dict):
+                continue
+            _drop_nulls(call)
+            function = call.get("function")
             if isinstance(function, dict):
+                _drop_nulls(function)
                 chars += text_weight(str(function.get("arguments") or "")) + text_weight(
                     str(function.get("name") or "")
                 )
@@ -58,6 +77,10 @@ def _delta_chars(choices: Any) -> int:
 
 
 class OpenAIStream(StreamTranslator):
+    def __init__(self, chat: ChatRequest, provider: Provider | None = None):
+        super().__init__(chat)
+        self.provider = provider  # maps error events; without one, each is a 502
+
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if event.comment or not event.data:
             return []
@@ -66,11 +89,15 @@ class OpenAIStream(StreamTranslator):
             return []
         chunk = load_json(event.data, "stream event")
         if "error" in chunk and "choices" not in chunk:
-            message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else None
-            raise UpstreamError(message or "The upstream provider failed mid-stream.")
+            # Classified like an error answer: a stream that fails before its first chunk
+            # goes on to the next deployment when the fault is the deployment's.
+            error = openai_error_object(chunk)
+            if self.provider is None:
+                raise UpstreamError(error.get("message") or "The upstream provider failed.")
+            raise self.provider.error_from_object(error, {})
         choices = chunk.get("choices")
         if isinstance(choices, list) and choices:
-            self.produced_chars += _delta_chars(choices)
+            self.produced_chars += _tidy_deltas(choices)
         usage = chunk.get("usage")
         if usage is not None:
             self.usage = usage_from(usage) or self.usage
@@ -118,4 +145,4 @@ class OpenAIProvider(Provider):
         return payload, usage_from(payload.get("usage"))
 
     def stream_translator(self, chat: ChatRequest) -> StreamTranslator:
-        return OpenAIStream(chat)
+        return OpenAIStream(chat, self)
