@@ -1,24 +1,57 @@
 """Anthropic's Messages API (`POST {base}/v1/messages`), translated natively.
 
-Request: `system` and `developer` messages are hoisted into `system`; `tool` messages become
-`tool_result` blocks in a user turn and assistant `tool_calls` become `tool_use` blocks; then
-consecutive turns of the same role are merged, because Anthropic wants user and assistant to
-alternate and wants every result of one parallel tool call in one user turn. `max_tokens` is
-required there; it is always the cap that was reserved (`ChatRequest.cap_for`). `temperature` is
-clamped to Anthropic's 0..1 (OpenAI allows up to 2). `top_p` is passed through as given (some
-newer Claude models refuse `temperature` and `top_p` together; temperature is always sent).
+Request: every OpenAI request the gateway accepts becomes one Anthropic accepts, or a 400 that
+names the client's own field, never one naming a field it did not send.
+- `system`/`developer` messages go to `system`; when nothing else is left, the system prompt
+  is the user turn. `tool` messages become `tool_result` blocks and assistant `tool_calls`
+  `tool_use` blocks. Consecutive turns of one role merge; tool results come first in their user
+  turn. A conversation that opens with the assistant gets a user turn before it.
+- Empty and blank text parts are dropped (Anthropic refuses them); an empty assistant message
+  is dropped (its neighbours merge); a user turn left empty says PLACEHOLDER ("..."), so that
+  an empty last message does not leave the assistant's turn last. A final assistant turn is a
+  prefill: its trailing whitespace is cut.
+- Tool ids: characters Anthropic refuses become "_", and an id already used in an earlier turn
+  gets a suffix (providers that number calls per turn repeat them); a result answers the
+  assistant turn just before it. A result that answers no call there, a call left without a
+  result, a repeated id in one turn, or a missing id is a 400 naming it (as OpenAI does).
+- Function names outside [a-zA-Z0-9_-]{1,64}, repeated tool names, parameters that are not an
+  object's schema: 400. Images must be JPEG, PNG, GIF or WebP, told by their bytes whatever the
+  data: URL says (image/jpg is JPEG); files PDF (base64) or plain text; else 400.
+- `max_tokens` is required there; it is always the reserved cap (`ChatRequest.cap_for`).
+  `temperature` is clamped to Anthropic's 0..1 (OpenAI allows up to 2). `top_p` is sent only
+  without a temperature: Claude models since Sonnet 4.5 refuse the two together, and the
+  gateway always sends a temperature (its default when the client sets none), so in practice
+  temperature wins. Blank stop sequences are dropped (Anthropic refuses them). `user` is
+  `metadata.user_id`, hashed when longer than 256 characters or not printable.
+- `response_format` json_object / json_schema: the answer comes as the input of a tool the
+  model must call (named after the schema, or `json_answer`), and goes back as the message's
+  content (finish reason "stop"), streamed as content deltas. This works on every Claude model,
+  unlike the native `output_config.format` (GA on the 4.5 and later models only). The schema
+  is not enforced by constrained decoding (`strict` is ignored). Beside the client's tools,
+  `tool_choice` becomes "any" (a client tool or the answer); with 'required' or a named
+  function, no answer tool is offered.
+- Refused with a 400 naming the field, since the answer would not have the shape asked:
+  `n` > 1, `logprobs: true`, `top_logprobs`, `modalities` other than text, `audio`, the legacy
+  `functions`/`function_call`, `web_search_options`.
+- Ignored, since they do not change the answer's shape: `seed`, `frequency_penalty`,
+  `presence_penalty`, `logit_bias`, `prediction`, `store`, `metadata`, `service_tier`,
+  `reasoning_effort`, `verbosity`, `prompt_cache_key`, `safety_identifier`, and `strict` on
+  tools.
 
-No equivalent, so dropped: `frequency_penalty`, `presence_penalty`, `logit_bias`, `logprobs`,
-`top_logprobs`, `seed`, `response_format`, `service_tier`, `store`, `metadata`, `modalities`,
-`audio`, `prediction`, `reasoning_effort`, `web_search_options`, `prompt_cache_key`,
-`safety_identifier`, the legacy `functions`/`function_call`, and `strict` on tools. `n` above
-1 is refused with a 400, since Anthropic returns one answer per request.
+Errors (`error_from_type`): the client's fault is a 400 with Anthropic's sentence; the
+deployment's is retryable, so the next deployment is tried: 404 / not_found_error (model
+retired or unknown), 402 / billing_error and the 400 "credit balance is too low" or usage
+limits are ModelUnavailable (503); 401/403 (our key) a 502 that says nothing of keys;
+429/503/529 a 503 with Retry-After; 408/504 / timeout_error a 504; other 5xx a 502. Mid-stream
+`error` events are sorted by their type the same way.
 
 Stream: each upstream event is translated on its own, so every text or tool-argument delta
 goes out as soon as it comes in. OpenAI numbers tool calls 0, 1, 2... while Anthropic numbers
-all content blocks, text and thinking included, so tool blocks are renumbered. Usage comes
-from `message_start` (input, plus cache reads and writes, which Anthropic counts apart) and the
-last `message_delta` (cumulative output; newer API versions repeat the input counts there).
+all content blocks, text and thinking included, so tool blocks are renumbered. A tool without
+parameters streams only an empty fragment: at its block's end it gets "{}", as the non-stream
+answer does. Usage comes from `message_start` (input, plus cache reads and writes, which
+Anthropic counts apart) and the last `message_delta` (cumulative output; newer API versions
+repeat the input counts there).
 """
 
 from __future__ import annotations
@@ -26,6 +59,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import time
 from typing import Any
 
 import orjson
@@ -725,6 +759,7 @@ class AnthropicProvider(Provider):
             message["tool_calls"] = calls
         stop = payload.get("stop_reason")
         completion: dict[str, Any] = {
+            "created": int(time.time()),  # the gateway stamps only streams' chunks with it
             "choices": [
                 {
                     "index": 0,
@@ -734,7 +769,7 @@ class AnthropicProvider(Provider):
                     if stop == "tool_use" and answered and not calls
                     else finish_reason(stop),
                 }
-            ]
+            ],
         }
         usage = usage_from(payload.get("usage"))
         if usage is not None:
