@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from proxy import auth, keys
@@ -71,6 +73,43 @@ class Admission:
 def _duration(ms: int) -> str:
     """A reset time as OpenAI writes it: '60s', '1.5s', '20ms'."""
     return f"{ms}ms" if ms < 1000 else f"{ms / 1000:g}s"
+
+
+_next_month = [0.0, 0.0]  # [this month's start, the next month's start], UTC timestamps
+
+
+def _until_next_month(now: float | None = None) -> str:
+    """The time until the monthly quota resets (00:00 UTC on the 1st), as OpenAI writes
+    durations in its x-ratelimit-reset-* headers: '412h7m30s'."""
+    now = time.time() if now is None else now
+    if not _next_month[0] <= now < _next_month[1]:
+        today = datetime.fromtimestamp(now, UTC)
+        year, month = (today.year + 1, 1) if today.month == 12 else (today.year, today.month + 1)
+        _next_month[0] = datetime(today.year, today.month, 1, tzinfo=UTC).timestamp()
+        _next_month[1] = datetime(year, month, 1, tzinfo=UTC).timestamp()
+    hours, rest = divmod(int(_next_month[1] - now), 3600)
+    return f"{hours}h{rest // 60}m{rest % 60}s"
+
+
+def rate_headers(rpm: int, remaining: int, reset_ms: int) -> dict[str, str]:
+    """OpenAI's x-ratelimit-*-requests headers: the key's requests per minute."""
+    return {
+        "x-ratelimit-limit-requests": str(rpm),
+        "x-ratelimit-remaining-requests": str(max(remaining, 0)),
+        "x-ratelimit-reset-requests": _duration(reset_ms),
+    }
+
+
+def token_headers(limit: int, remaining: int) -> dict[str, str]:
+    """OpenAI's x-ratelimit-*-tokens headers, for the account's monthly token quota (none
+    for an unlimited account): the limit, what is neither used nor held, when it resets."""
+    if limit < 0:
+        return {}
+    return {
+        "x-ratelimit-limit-tokens": str(limit),
+        "x-ratelimit-remaining-tokens": str(max(remaining, 0)),
+        "x-ratelimit-reset-tokens": _until_next_month(),
+    }
 
 
 class Accountant:
@@ -164,11 +203,8 @@ class Accountant:
         if code == "ok":
             self._decisions["admitted"].inc()
             rpm, remaining, reset_ms, limit = reply[1], reply[2], reply[3], reply[4]
-            headers = {
-                "x-ratelimit-limit-requests": str(rpm),
-                "x-ratelimit-remaining-requests": str(max(remaining, 0)),
-                "x-ratelimit-reset-requests": _duration(reset_ms),
-            }
+            headers = rate_headers(rpm, remaining, reset_ms)
+            headers.update(token_headers(limit, limit - reply[5] - reply[6]))
             hold = reply[8] if limit >= 0 else -1
             if mode == "hold":
                 self._live.setdefault(account_id, {})[request_id] = key_id
@@ -190,9 +226,7 @@ class Accountant:
                 f"retry after {-(-retry_ms // 1000)} s.",
                 headers={
                     "Retry-After": str(-(-retry_ms // 1000)),
-                    "x-ratelimit-limit-requests": str(rpm),
-                    "x-ratelimit-remaining-requests": "0",
-                    "x-ratelimit-reset-requests": _duration(retry_ms),
+                    **rate_headers(rpm, 0, retry_ms),
                 },
             )
         if code == "busy":
@@ -204,7 +238,14 @@ class Accountant:
             )
         if code == "quota":
             self._decisions["quota"].inc()
-            raise QuotaExceeded(headers={"x-should-retry": "false"})
+            limit, rpm, remaining, reset_ms = reply[1], reply[4], reply[5], reply[6]
+            raise QuotaExceeded(
+                headers={
+                    "x-should-retry": "false",  # the openai SDKs would retry a 429 otherwise
+                    **rate_headers(rpm, remaining, reset_ms),
+                    **token_headers(limit, 0),
+                }
+            )
         # 'duplicate': our request ids are random, so this is a bug, not the client's fault.
         raise ServiceUnavailable(f"Unexpected answer from the accounting store: {code!r}.")
 

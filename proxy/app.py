@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import aiohttp_cors
 import orjson
 from aiohttp import web
 
@@ -40,16 +41,31 @@ from proxy.appkeys import (
 )
 from proxy.chat import chat_completions
 from proxy.config import Config
-from proxy.errors import GatewayError
+from proxy.errors import GatewayError, NotFound
 from proxy.logs import AccessLog
 from proxy.metrics import CONTENT_TYPE, Metrics
+from proxy.profiles import OPENAI_PREFIX, WOOZLIT_PREFIX, error_response, http_error, render_error
 from proxy.routing import Router
 from proxy.store import open_store
 from proxy.upstream import Upstream
 
 log = logging.getLogger("proxy")
 
-API_PREFIXES = ("/api/woozlit/v1", "/v1")
+API_PREFIXES = (WOOZLIT_PREFIX, OPENAI_PREFIX.rstrip("/"))
+# The headers a browser page may read from an API answer (CORS).
+EXPOSED_HEADERS = (
+    "x-request-id",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "x-should-retry",
+    "x-woozlit-deployment",
+    "Retry-After",
+    "Idempotent-Replayed",
+)
 # The `Server` header of every answer: the gateway, never its stack (aiohttp's default names
 # the versions of Python and aiohttp). server.py sets it on the answers made before the app.
 SERVER = "woozlit-gateway"
@@ -62,24 +78,14 @@ HTTP_MESSAGES = {
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
-def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps({"error": message}),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """What every request goes through: its ids, the error format, the access log line.
 
     Our id for the request is the response `id` and the accounting id; `x-request-id` echoes
-    the client's when it sent a sane one. Every failure becomes `{"error": "..."}` with its
-    status, never a traceback. One middleware rather than three: each layer costs a frame.
+    the client's when it sent a sane one. Every failure becomes an error in the shape of the
+    request's profile (`render_error`) with its status, never a traceback. One middleware
+    rather than three: each layer costs a frame.
     """
     started = time.perf_counter()
     request_id = "woozlit-" + secrets.token_hex(12)
@@ -94,13 +100,13 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     try:
         response: web.StreamResponse = await handler(request)
     except GatewayError as exc:
-        response = error_response(exc.status, exc.message, exc.headers)
+        response = render_error(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         message = HTTP_MESSAGES.get(exc.status) or exc.reason + "."
-        response = error_response(exc.status, message, headers)
+        response = render_error(request, http_error(exc.status, message, headers))
     except asyncio.CancelledError:
         fields["status"] = 499  # the client went away
         _log_access(request, fields, started)
@@ -108,10 +114,10 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     except ConnectionResetError:
         # The client went away before we noticed: a write to its closed connection, or its
         # body cut short. No error of ours; the answer goes nowhere (aiohttp drops it).
-        response = error_response(499, "Client closed the request.")
+        response = render_error(request, http_error(499, "Client closed the request."))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        response = error_response(500, "Internal server error.")
+        response = render_error(request, GatewayError())
     if not response.prepared:  # a stream got it before its headers went out (chat.py)
         response.headers["x-request-id"] = request[X_REQUEST_ID]
     if request.app[STATE]["draining"]:
@@ -139,7 +145,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     if request.headers.get("Expect", "").lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return None
-    return error_response(417, "Unsupported Expect header.")
+    return render_error(request, http_error(417, "Unsupported Expect header."))
 
 
 async def key_holder(request: web.Request) -> Admission:
@@ -160,6 +166,24 @@ async def list_models(request: web.Request) -> web.Response:
         body=orjson.dumps({"object": "list", "data": data}),
         content_type="application/json",
         headers=admission.headers,
+    )
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """`GET /models/{id}`: one model of the list (ids contain a slash: `woozlit/gpt-4o`)."""
+    admission = await key_holder(request)
+    router = request.app[ROUTER]
+    name = request.match_info["model"]
+    if name not in router.routes:
+        raise NotFound(f"The model '{name}' does not exist.", param="model", code="model_not_found")
+    body = {
+        "id": name,
+        "object": "model",
+        "created": MODELS_CREATED,
+        "owned_by": router.owner(name),
+    }
+    return web.Response(
+        body=orjson.dumps(body), content_type="application/json", headers=admission.headers
     )
 
 
@@ -255,17 +279,40 @@ def create_app(
         ("GET", "/readyz", readyz),
         ("GET", "/metrics", metrics),
     ]
+    api: list[tuple[str, str, Handler]] = []
     for prefix in API_PREFIXES:
-        routes += [
+        api += [
             ("POST", prefix + "/chat/completions", chat_completions),
             ("GET", prefix + "/models", list_models),
+            ("GET", prefix + "/models/{model:.+}", retrieve_model),
             ("GET", prefix + "/usage", key_usage),
         ]
     if admin_token:
         routes += admin.routes(admin_token)
     for method, path, handler in routes:
         app.router.add_route(method, path, handler, expect_handler=expect_handler)
+    _serve_cors(app, config.server.cors_origins, api)
     return app
+
+
+def _serve_cors(
+    app: web.Application, origins: tuple[str, ...], api: list[tuple[str, str, Handler]]
+) -> None:
+    """The API routes, with CORS for browser pages of `origins` (aiohttp-cors answers the
+    preflight `OPTIONS` and adds the headers to every answer, errors included); the admin
+    API and the operations routes get none."""
+    cors = aiohttp_cors.setup(app)
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=False,
+        expose_headers=EXPOSED_HEADERS,
+        allow_headers="*",
+        allow_methods=["GET", "POST"],
+        max_age=86400,
+    )
+    for method, path, handler in api:
+        route = app.router.add_route(method, path, handler, expect_handler=expect_handler)
+        if origins:
+            cors.add(route, {origin: options for origin in origins})
 
 
 async def _settle_before_closing(app: web.Application) -> None:

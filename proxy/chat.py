@@ -37,6 +37,7 @@ from proxy.appkeys import (
 from proxy.config import Deployment
 from proxy.errors import BadRequest, GatewayError
 from proxy.idempotency import MAX_KEY_LENGTH, Claim
+from proxy.profiles import openai_profile
 from proxy.providers.base import ChatRequest, Provider, StreamTranslator, Usage
 from proxy.tokens import estimate_text_tokens, text_weight
 from proxy.upstream import Timing
@@ -104,15 +105,23 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     # The key first, as OpenAI does: a caller without a valid key learns nothing more. Known
     # keys are cached, so this costs a Redis call only on a key's first use in this process.
     owner = await accountant.identify(request.headers.get("Authorization"))
-    body = await read_json_object(
-        request, config.server.max_body_bytes, config.server.body_timeout_seconds
-    )
-    chat = validate_chat(
-        body,
-        models=app[ROUTER].routes,
-        accept=request.headers.get("Accept", ""),
-        default_temperature=config.server.default_temperature,
-    )
+    try:
+        body = await read_json_object(
+            request, config.server.max_body_bytes, config.server.body_timeout_seconds
+        )
+        chat = validate_chat(
+            body,
+            models=app[ROUTER].routes,
+            accept=request.headers.get("Accept", ""),
+            default_temperature=config.server.default_temperature,
+            openai=openai_profile(request),
+        )
+    except GatewayError as exc:
+        # A bad request is a request of the key's minute too, and its answer carries the
+        # rate-limit headers of every API answer.
+        admission = await accountant.admit(owner, request[REQUEST_ID], mode="rate")
+        exc.headers = {**admission.headers, **exc.headers}
+        raise
     idempotency_key = request.headers.get("Idempotency-Key")
     if not idempotency_key or chat.stream:
         return await serve(request, owner, chat, timing, None)

@@ -116,6 +116,9 @@ class ServerConfig:
     # waits) is ended and charged what was produced: a stalled client holds a provider's
     # connection, a quota hold and a slot of its key's concurrency.
     client_read_timeout_seconds: float = 120.0
+    # Origins whose browser pages may call the API (CORS; never the admin API). "*" (the
+    # default, as OpenAI's API answers) lets any page call it with a key it holds.
+    cors_origins: tuple[str, ...] = ("*",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +487,14 @@ class _Parser:
         names = [f.name for f in fields(ServerConfig)]
         spec = self.mapping(node, "server", set(names))
         values: dict[str, Any] = {"host": self.string(spec.get("host", d.host), "server.host")}
+        origins = spec.get("cors_origins", list(d.cors_origins))
+        if not isinstance(origins, list) or not all(isinstance(o, str) and o for o in origins):
+            self.error("server.cors_origins", "must be a list of origins (or [\"*\"])")
+            origins = []
+        values["cors_origins"] = tuple(o.rstrip("/") for o in origins)
         for name in names[1:]:
+            if name == "cors_origins":
+                continue
             default = getattr(d, name)
             value = self.number(
                 spec.get(name, default),

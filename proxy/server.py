@@ -20,9 +20,10 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy import gc_policy
-from proxy.app import SERVER, create_app, error_response
+from proxy.app import SERVER, create_app
 from proxy.appkeys import BOOTSTRAP_KEY, STATE
 from proxy.config import Config
+from proxy.profiles import error_response
 from proxy.workers import WORKER_ENV
 
 log = logging.getLogger("proxy")

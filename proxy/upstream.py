@@ -9,7 +9,8 @@ next read, and a write goes straight to the transport (no buffering of ours, TCP
 aiohttp's side).
 The client's response is prepared lazily, at the first chunk, so that a failure before any
 byte has gone out still gets a proper status and, later, a retry on another deployment.
-Once headers are out, a failure is one `data: {"error": ...}` event and the end.
+Once headers are out, a failure is one `data: {"error": {"message", "type", "code"}}` event
+and the end.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from aiohttp import web
 
 from proxy.errors import GatewayError, UpstreamError, UpstreamTimeout
 from proxy.metrics import Metrics
+from proxy.profiles import stream_error
 from proxy.providers.base import ChatRequest, Provider, StreamTranslator, UpstreamRequest, Usage
 from proxy.sse import DONE, SSEParser, frame
 
@@ -249,7 +251,7 @@ class Upstream:
                 if translator.chat.include_usage and not usage_sent:
                     usage = {"choices": [], "usage": translator.final_usage().as_dict(), **stamp}
                     frames.append(frame(orjson.dumps(usage)))
-                frames.append(frame(orjson.dumps({"error": exc.message})))
+                frames.append(frame(orjson.dumps(stream_error(exc))))
                 if out is None:
                     out = await self._start(request, headers, timing)
                 await send(b"".join(frames), eof=True)

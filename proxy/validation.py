@@ -34,11 +34,9 @@ POSITIVE_INTS = {"max_tokens": 2**31 - 1, "max_completion_tokens": 2**31 - 1, "n
 
 
 async def read_json_object(request: web.Request, limit: int, seconds: float) -> dict[str, Any]:
-    """The request body as a JSON object; 413 past `limit` bytes, 408 when it takes longer
-    than `seconds` to arrive, 400 for anything else."""
-    content_type = request.headers.get("Content-Type", "")
-    if content_type.split(";", 1)[0].strip().lower() != "application/json":
-        raise BadRequest("Content-Type must be application/json.")
+    """The request body as a JSON object, whatever its Content-Type (curl's `-d` sends a form
+    type; OpenAI's API reads the body as JSON all the same); 413 past `limit` bytes, 408 when
+    it takes longer than `seconds` to arrive, 400 for anything else."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
     raw = bytearray()
@@ -89,29 +87,41 @@ def _is_number(value: Any) -> bool:
 def _check_message(i: int, message: Any) -> None:
     where = f"messages[{i}]"
     if not isinstance(message, dict):
-        raise BadRequest(f"'{where}' must be an object.")
+        raise BadRequest(f"'{where}' must be an object.", param=where)
     role = message.get("role")
     if not isinstance(role, str) or role not in ROLES:
-        raise BadRequest(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}.")
+        raise BadRequest(
+            f"'{where}.role' must be one of {', '.join(sorted(ROLES))}.", param=f"{where}.role"
+        )
     tool_calls = message.get("tool_calls")
     if tool_calls is not None and (
         not isinstance(tool_calls, list) or not all(isinstance(c, dict) for c in tool_calls)
     ):
-        raise BadRequest(f"'{where}.tool_calls' must be an array of objects.")
+        raise BadRequest(
+            f"'{where}.tool_calls' must be an array of objects.", param=f"{where}.tool_calls"
+        )
     content = message.get("content")
     if content is None:
         if role == "assistant" and (tool_calls or message.get("function_call")):
             return
-        raise BadRequest(f"'{where}.content' is required.")
+        raise BadRequest(f"'{where}.content' is required.", param=f"{where}.content")
     if isinstance(content, str):
         return
     if not isinstance(content, list):
-        raise BadRequest(f"'{where}.content' must be a string or an array of content parts.")
+        raise BadRequest(
+            f"'{where}.content' must be a string or an array of content parts.",
+            param=f"{where}.content",
+        )
     for j, part in enumerate(content):
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise BadRequest(f"'{where}.content[{j}]' must be an object with a 'type'.")
+            raise BadRequest(
+                f"'{where}.content[{j}]' must be an object with a 'type'.",
+                param=f"{where}.content[{j}]",
+            )
         if part["type"] == "text" and not isinstance(part.get("text"), str):
-            raise BadRequest(f"'{where}.content[{j}].text' must be a string.")
+            raise BadRequest(
+                f"'{where}.content[{j}].text' must be a string.", param=f"{where}.content[{j}].text"
+            )
 
 
 def validate_chat(
@@ -120,55 +130,73 @@ def validate_chat(
     models: Mapping[str, Any],
     accept: str,
     default_temperature: float,
+    openai: bool = False,
 ) -> ChatRequest:
-    """Check a chat completions body and apply the gateway's defaults."""
+    """Check a chat completions body and apply the gateway's defaults.
+
+    `openai`: the request came by the OpenAI-compatible profile (`/v1`), where `stream`
+    absent means false, as in OpenAI's API; on the Woozlit API it means streaming, unless
+    `accept` asks for JSON only. Raises BadRequest naming the field (`param`).
+    """
+    api = "/v1" if openai else "/api/woozlit/v1"
     model = body.get("model")
     if model is None:
-        raise BadRequest("'model' is required.")
+        raise BadRequest("'model' is required.", param="model")
     if not isinstance(model, str):
-        raise BadRequest("'model' must be a string.")
+        raise BadRequest("'model' must be a string.", param="model")
     if not model.startswith(PUBLIC_PREFIX):
-        raise BadRequest(f"'model' must start with '{PUBLIC_PREFIX}', e.g. 'woozlit/gpt-4o-mini'.")
+        raise BadRequest(
+            f"'model' must start with '{PUBLIC_PREFIX}', e.g. 'woozlit/gpt-4o-mini'.", param="model"
+        )
     if model not in models:
-        raise BadRequest(f"Unknown model '{model}'; GET /api/woozlit/v1/models lists the models.")
+        raise BadRequest(
+            f"Unknown model '{model}'; GET {api}/models lists the models.",
+            param="model",
+            code="model_not_found",
+        )
 
     messages = body.get("messages")
     if messages is None:
-        raise BadRequest("'messages' is required.")
+        raise BadRequest("'messages' is required.", param="messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty array.")
+        raise BadRequest("'messages' must be a non-empty array.", param="messages")
     for i, message in enumerate(messages):
         _check_message(i, message)
 
     for name, (low, high) in RANGES.items():
         value = body.get(name)
         if value is not None and (not _is_number(value) or not low <= value <= high):
-            raise BadRequest(f"'{name}' must be a number from {low:g} to {high:g}.")
+            raise BadRequest(f"'{name}' must be a number from {low:g} to {high:g}.", param=name)
     for name, high in POSITIVE_INTS.items():
         value = body.get(name)
         if value is not None and (
             not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high
         ):
-            raise BadRequest(f"'{name}' must be an integer from 1 to {high}.")
+            raise BadRequest(f"'{name}' must be an integer from 1 to {high}.", param=name)
 
     stream = body.get("stream")
-    if stream is None:
+    if stream is None and openai:
+        stream = False
+    elif stream is None:
         # The seed says streaming by default; the OpenAI SDKs, which expect JSON when they do
         # not ask for a stream, announce it with Accept: application/json (interface.md).
         accept = accept.lower()
         stream = not ("application/json" in accept and "text/event-stream" not in accept)
     elif not isinstance(stream, bool):
-        raise BadRequest("'stream' must be a boolean.")
+        raise BadRequest("'stream' must be a boolean.", param="stream")
     body["stream"] = stream
 
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
         if not isinstance(options, dict):
-            raise BadRequest("'stream_options' must be an object.")
+            raise BadRequest("'stream_options' must be an object.", param="stream_options")
         include_usage = options.get("include_usage", False)
         if not isinstance(include_usage, bool):
-            raise BadRequest("'stream_options.include_usage' must be a boolean.")
+            raise BadRequest(
+                "'stream_options.include_usage' must be a boolean.",
+                param="stream_options.include_usage",
+            )
 
     if body.get("temperature") is None:
         body["temperature"] = default_temperature

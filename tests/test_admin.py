@@ -705,7 +705,11 @@ async def test_key_holder_sees_the_month(gw, http):
             }
         async with http.get(gw.base_url + prefix + "/usage") as resp:
             assert resp.status == 401
-            assert isinstance((await resp.json())["error"], str)
+            error = (await resp.json())["error"]
+            if prefix == "/v1":  # the OpenAI-compatible profile
+                assert error["code"] == "invalid_api_key"
+                error = error["message"]
+            assert isinstance(error, str)
 
 
 # -- the CLI -----------------------------------------------------------------------------

@@ -196,9 +196,13 @@ def check(answer: Answer, what: object = "") -> None:
     assert answer.content_type.startswith("application/json"), where
     body = orjson.loads(answer.body)
     assert list(body) == ["error"], where
-    assert isinstance(body["error"], str) and body["error"].strip(), where
+    error = body["error"]
+    if isinstance(error, dict):  # the OpenAI-compatible profile (/v1)
+        assert sorted(error) == ["code", "message", "param", "type"], where
+        error = error["message"]
+    assert isinstance(error, str) and error.strip(), where
     # A message may quote the request, but is never bigger than it (plus a sentence).
-    assert len(body["error"]) <= 500 + answer.sent, where
+    assert len(error) <= 500 + answer.sent, where
 
 
 async def post(

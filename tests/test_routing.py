@@ -105,7 +105,11 @@ async def test_nothing_is_retried_after_bytes_reached_the_client(
     gw = await gateway(providers(fake_openai), models, routing=FAST)
     status, body, _ = await post(gw, request("woozlit/m", stream=True))
     assert status == 200
-    assert body.rstrip().endswith(b'data: {"error":"The model crashed."}')
+    assert (
+        body.rstrip()
+        .rsplit(b"\n", 1)[-1]
+        .startswith(b'data: {"error":{"message":"The model crashed.",')
+    )
     assert len(fake_openai.record.requests) == 1
 
 

@@ -73,7 +73,11 @@ async def test_sigterm_drains_streams_and_exits_0(
     proc, port, store, accounts, account, key = await serve(config, tmp_path, redis_url)
     try:
         base = f"http://127.0.0.1:{port}"
-        body = {"model": "woozlit/slow", "messages": [{"role": "user", "content": "hi"}]}
+        body = {
+            "model": "woozlit/slow",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+        }
         headers = {"Authorization": f"Bearer {key}"}
 
         async with aiohttp.ClientSession() as session:

@@ -26,7 +26,8 @@
 --   {'month', month}           the caller's month is wrong; call again with this one
 --   {'unknown'} {'revoked'} {'disabled'} {'nodev'}
 --   {'duplicate'}              this request id is already admitted and not settled
---   {'rate', rpm, 0, retry_ms}  {'busy', concurrent}  {'quota', limit, used, held}
+--   {'rate', rpm, 0, retry_ms}  {'busy', concurrent}
+--   {'quota', limit, used, held, rpm, remaining, reset_ms}  (the refusal is not counted)
 local WINDOW = 60000
 
 local now = now_ms(ARGV[8])
@@ -92,7 +93,11 @@ if limit ~= '' then
     local free = limit - used - held
     if base + choices * cap > free then
       cap = math.floor((free - base) / choices)
-      if cap < 1 then return {'quota', limit, used, held} end
+      if cap < 1 then
+        local reset = 0
+        if count > 0 then reset = WINDOW end
+        return {'quota', limit, used, held, rpm, rpm - count, reset}
+      end
     end
     hold = base + choices * cap
   end
