@@ -78,6 +78,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_models(args: argparse.Namespace) -> int:
+    from proxy.model_check import check_models, report
+
+    lines, status = report(asyncio.run(check_models(_load(_config_path(args.config)))))
+    print("\n".join(lines))
+    return status
+
+
 # -- admin commands ----------------------------------------------------------------------
 
 
@@ -192,6 +200,16 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file")
     c.add_argument("path")
     c.set_defaults(func=cmd_check_config)
+
+    m = sub.add_parser(
+        "check-models",
+        help="ask each provider's model list for the models the config routes to; "
+        "exit 1 when one is missing or a provider could not be asked",
+    )
+    m.add_argument(
+        "--config", help=f"config file (default $WOOZLIT_CONFIG or {DEFAULT_CONFIG_PATH})"
+    )
+    m.set_defaults(func=cmd_check_models)
 
     a = sub.add_parser("account", help="create, show or update an account")
     a.add_argument("action", choices=("create", "show", "update"))
