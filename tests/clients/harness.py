@@ -13,6 +13,7 @@ sentence, whatever its wording.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.appkeys import ACCOUNTS, METRICS
@@ -219,8 +219,8 @@ def _installed_matches_lock() -> bool:
     return want == have
 
 
-@pytest.fixture(scope="session")
-def node_clients() -> Path:
+@functools.cache
+def install_node_clients() -> Path:
     """tests/clients/node with its packages installed (`npm ci`, unless they already are)."""
     npm = shutil.which("npm")
     assert npm is not None and shutil.which("node"), "node and npm are needed (node >= 20)"
