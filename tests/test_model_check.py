@@ -172,3 +172,43 @@ async def test_the_command_prints_a_line_per_deployment_and_no_secret(
     assert all(" listed" in line for line in lines[:5])
     assert KEY not in out.decode() + err.decode()
     assert "127.0.0.1" not in out.decode()  # providers are named, not their URLs
+
+
+SHIPPED = ROOT / "config" / "woozlit.yaml"
+# What the seed routed to, each retired by its provider by 2026-11-30.
+RETIRED = {
+    "gpt-4-turbo", "gpt-3.5-turbo", "claude-3-5-sonnet-20241022", "claude-3-5-haiku-20241022",
+    "claude-3-opus-20240229", "gemini-2.0-flash-exp", "gemini-1.5-pro", "gemini-1.5-flash",
+    "deepseek-chat", "deepseek-reasoner",
+}  # fmt: skip
+
+
+async def test_the_shipped_routing_table_routes_to_models_the_providers_list(fake_openai):
+    """config/woozlit.yaml against fakes that list what the providers serve today."""
+    from proxy.config import load_config
+
+    config = load_config(SHIPPED, {})
+    upstream = {d.model for deps in config.models.values() for d in deps}
+    assert not upstream & RETIRED
+    fake_openai.record.models = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini"]
+    fake_openai.record.models += ["deepseek-v4-flash", "deepseek-v4-pro"]
+    claudes = [
+        ("claude-sonnet-4-6", "Claude Sonnet 4.6", "2026-02-17T00:00:00Z"),
+        ("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "2025-10-01T00:00:00Z"),
+        ("claude-opus-4-6", "Claude Opus 4.6", "2026-02-05T00:00:00Z"),
+    ]
+    geminis = ("gemini-3.8-flash", "gemini-3.5-flash-lite", "gemini-3.1-pro-preview")
+    async for anthropic_url in serve(create_fake_anthropic(KEY, claudes)):
+        async for gemini_url in serve(create_fake_gemini(KEY, 0.0, geminis)):
+            env = {
+                "OPENAI_BASE_URL": fake_openai.url,
+                "DEEPSEEK_BASE_URL": fake_openai.url.removesuffix("/v1"),
+                "ANTHROPIC_BASE_URL": anthropic_url,
+                "GEMINI_BASE_URL": gemini_url,
+                **{f"{name}_API_KEY": KEY for name in ("OPENAI", "DEEPSEEK", "ANTHROPIC")},
+                "GEMINI_API_KEY": KEY,
+            }
+            rows = await check_models(load_config(SHIPPED, env))
+    assert [row.status for row in rows] == ["listed"] * len(rows), report(rows)[0]
+    assert {row.public for row in rows} == set(config.models)
+    assert len(config.models) == 12

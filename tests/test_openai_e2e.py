@@ -193,3 +193,39 @@ async def test_the_deployment_header_names_provider_and_upstream_model(gw, strea
         import orjson
 
         assert check_completion(orjson.loads(raw)).model == "woozlit/gpt-4o-mini"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("public", "deployment"),
+    [
+        ("woozlit/gpt-4-turbo", "openai/gpt-4.1"),
+        ("woozlit/gpt-3.5-turbo", "openai/gpt-4.1-mini"),
+        ("woozlit/deepseek-reasoner", "deepseek/deepseek-v4-flash"),
+    ],
+)
+async def test_a_shipped_route_answers_as_the_public_model(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, public, deployment, stream
+):
+    """The shipped table's OpenAI and DeepSeek routes, against the fake: the answer is the
+    public model's, the header names the provider's model."""
+    from pathlib import Path
+
+    import orjson
+    import yaml
+
+    shipped = yaml.safe_load((Path(__file__).parent.parent / "config/woozlit.yaml").read_text())
+    fake_openai.record.models += ["gpt-4.1", "gpt-4.1-mini", "deepseek-v4-flash"]
+    providers = {
+        "openai": openai_provider(fake_openai.url, max_tokens_parameter="max_completion_tokens"),
+        "deepseek": openai_provider(fake_openai.url.removesuffix("/v1")),
+    }
+    gw = await gateway(providers, {public: shipped["models"][public]})
+    body = {"model": public, "messages": [{"role": "user", "content": "x"}], "stream": stream}
+    status, raw, headers = await raw_post(gw, body)
+    assert status == 200, raw
+    assert headers["x-woozlit-deployment"] == deployment
+    if stream:
+        assert {c.model for c in check_chunks(sse_chunks(raw))} == {public}
+    else:
+        assert check_completion(orjson.loads(raw)).model == public
