@@ -205,7 +205,7 @@ async def serve(
                     raise
                 router.breaker.failed(deployment)
                 # Nothing is retried once bytes have reached the client.
-                if timing.first_chunk or attempt == len(plan):
+                if timing.committed or attempt == len(plan):
                     raise
                 pause = random.uniform(
                     0,
@@ -326,6 +326,8 @@ def completion_body(payload: dict[str, Any], usage: Usage, chat: ChatRequest, ri
     """A provider's answer, translated to OpenAI's shape, as the client gets it."""
     payload["id"] = rid
     payload["object"] = "chat.completion"
+    if not isinstance(payload.get("created"), int):
+        payload["created"] = int(time.time())
     payload["model"] = chat.public_model
     payload["usage"] = {**(payload.get("usage") or {}), **usage.as_dict()}
     return orjson.dumps(payload)

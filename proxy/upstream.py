@@ -53,6 +53,15 @@ STREAM_RCVBUF = 1 << 16
 # most CUT_DRAIN_SECONDS, until nothing comes for CUT_DRAIN_IDLE_SECONDS.
 CUT_DRAIN_SECONDS = 0.25
 CUT_DRAIN_IDLE_SECONDS = 0.01
+# A stream whose provider answered 200 but sends nothing yet (a reasoning model thinking):
+# the client gets the headers and a comment after FIRST_SIGN_SECONDS, not after the first
+# token, and then a comment whenever it has had nothing for KEEPALIVE_SECONDS (the
+# provider's own comments are forwarded once the headers are out). A client's read timeout
+# shorter than the silence would otherwise fire where the provider's would not. The cost:
+# once the headers are out, no other deployment can take the request over.
+FIRST_SIGN_SECONDS = 2.0
+KEEPALIVE_SECONDS = 15.0
+KEEPALIVE = b": keep-alive\n\n"
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -66,6 +75,7 @@ class Timing:
 
     started: float = field(default_factory=time.perf_counter)
     first_chunk: float = 0.0  # when the first byte of the answer was ready (0: not yet)
+    committed: bool = False  # the answer's status and headers went out: no other attempt
     upstream: float = 0.0  # seconds spent waiting on the provider
     store: float = 0.0  # seconds spent waiting on Redis
 
@@ -211,18 +221,32 @@ class Upstream:
                     try:
                         data = await content.read(STREAM_READ)
                     except asyncio.CancelledError as exc:
-                        if not watchdog.fired:
+                        if watchdog.beat:  # the client has waited long enough for a sign
+                            watchdog.task.uncancel()
+                            watchdog.beat = False
+                            data = None
+                        elif not watchdog.fired:
                             raise
-                        watchdog.task.uncancel()
-                        self.metrics.upstream_errors.labels(name, "stalled").inc()
-                        raise UpstreamTimeout(f"Provider '{name}' stalled mid-stream.") from exc
+                        else:
+                            watchdog.task.uncancel()
+                            self.metrics.upstream_errors.labels(name, "stalled").inc()
+                            raise UpstreamTimeout(f"Provider '{name}' stalled mid-stream.") from exc
                     except (aiohttp.ClientError, OSError) as exc:
                         self.metrics.upstream_errors.labels(name, "reset").inc()
                         raise UpstreamError(f"Provider '{name}' dropped the stream.") from exc
                     finally:
                         watchdog.reading = False
                         timing.upstream += clock() - since
+                    if data is None:
+                        if out is None:
+                            out = await self._start(request, headers, timing)
+                        await send(KEEPALIVE)
+                        continue
                     for event in parser.feed(data) if data else parser.close():
+                        if event.comment:
+                            if out is not None:  # the headers are out: forward it as is
+                                frames.append(b": " + event.data + b"\n\n")
+                            continue
                         for chunk in translator.feed(event):
                             chunk.update(stamp)
                             usage_sent = usage_sent or bool(chunk.get("usage"))
@@ -232,6 +256,8 @@ class Upstream:
                     if frames:
                         if out is None:
                             out = await self._start(request, headers, timing)
+                        if not timing.first_chunk:
+                            timing.first_chunk = clock()
                         payload = b"".join(frames)
                         frames.clear()  # nothing but the payload is kept while it waits
                         data = b""
@@ -254,6 +280,7 @@ class Upstream:
                 frames.append(frame(orjson.dumps(stream_error(exc))))
                 if out is None:
                     out = await self._start(request, headers, timing)
+                timing.first_chunk = timing.first_chunk or clock()
                 await send(b"".join(frames), eof=True)
                 return out
             except (asyncio.CancelledError, ConnectionResetError):
@@ -269,6 +296,8 @@ class Upstream:
                 resp.release()
             if out is None:
                 out = await self._start(request, headers, timing)
+            if not timing.first_chunk:
+                timing.first_chunk = clock()
             frames.append(DONE)
             await send(b"".join(frames), eof=True)
             return out
@@ -283,7 +312,7 @@ class Upstream:
     async def _start(
         request: web.Request, headers: dict[str, str], timing: Timing
     ) -> web.StreamResponse:
-        timing.first_chunk = time.perf_counter()
+        timing.committed = True
         out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
         await out.prepare(request)
         transport = request.transport
@@ -328,7 +357,9 @@ async def _count_the_rest(
 
 class IdleWatchdog:
     """Cancels the current task when a read from the provider has waited `idle` seconds
-    (`fired`), or a write to the client has waited `client_idle` seconds (`client_stalled`).
+    (`fired`), or a write to the client has waited `client_idle` seconds (`client_stalled`),
+    or a read waits and the client has had nothing for FIRST_SIGN_SECONDS (before the first
+    write) or KEEPALIVE_SECONDS (after it): `beat`, the pump sends a comment and reads on.
 
     One timer per idle period, not one per read: `asyncio.timeout` around every read armed
     and cancelled a timer per chunk, 4.0 us a read against 0.1 us here (uvloop, timeit).
@@ -344,7 +375,10 @@ class IdleWatchdog:
         "_idle",
         "_loop",
         "_read_since",
+        "_sent",
+        "_silence",
         "_write_since",
+        "beat",
         "client_stalled",
         "fired",
         "task",
@@ -361,7 +395,12 @@ class IdleWatchdog:
         self._write_since: float | None = None
         self.fired = False
         self.client_stalled = False
-        self._handle = self._loop.call_at(self._loop.time() + min(idle, client_idle), self._check)
+        self.beat = False
+        self._sent = self._loop.time()  # when the client last got something (or the start)
+        self._silence = FIRST_SIGN_SECONDS  # how long it may wait for the next thing
+        self._handle = self._loop.call_at(
+            self._sent + min(idle, client_idle, self._silence), self._check
+        )
 
     @property
     def reading(self) -> bool:
@@ -377,7 +416,12 @@ class IdleWatchdog:
 
     @writing.setter
     def writing(self, value: bool) -> None:
-        self._write_since = self._loop.time() if value else None
+        if value:
+            self._write_since = self._loop.time()
+        else:
+            self._write_since = None
+            self._sent = self._loop.time()
+            self._silence = KEEPALIVE_SECONDS
 
     def _check(self) -> None:
         now = self._loop.time()
@@ -390,9 +434,14 @@ class IdleWatchdog:
             self.client_stalled = True
             self.task.cancel()
             return
+        if read is not None and not self.beat and now - self._sent >= self._silence:
+            self.beat = True
+            self.task.cancel()
+            self._sent = now
         due = min(
             (read if read is not None else now) + self._idle,
             (write if write is not None else now) + self._client_idle,
+            max(self._sent + self._silence, now + 0.001),
         )
         self._handle = self._loop.call_at(due, self._check)
 

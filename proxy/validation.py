@@ -138,7 +138,6 @@ def validate_chat(
     absent means false, as in OpenAI's API; on the Woozlit API it means streaming, unless
     `accept` asks for JSON only. Raises BadRequest naming the field (`param`).
     """
-    api = "/v1" if openai else "/api/woozlit/v1"
     model = body.get("model")
     if model is None:
         raise BadRequest("'model' is required.", param="model")
@@ -150,7 +149,7 @@ def validate_chat(
         )
     if model not in models:
         raise BadRequest(
-            f"Unknown model '{model}'; GET {api}/models lists the models.",
+            f"Unknown model '{model}'; GET /v1/models lists the models.",
             param="model",
             code="model_not_found",
         )
