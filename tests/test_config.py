@@ -71,7 +71,9 @@ def test_shipped_config_routes_the_twelve_models():
     for public, kind in SPEC_MODELS.items():
         deployment, provider = router.plan(public)[0]
         assert provider.config.kind == kind, public
-        assert deployment.model == public.removeprefix("woozlit/")
+        # The upstream model is one its provider serves now, not always the seed's name
+        # (test_model_check checks the table against the providers' lists).
+        assert deployment.model, public
     assert router.plan("woozlit/deepseek-chat")[0][1].config.name == "deepseek"
     assert set(config.tiers) == {"free", "premium"}
     assert config.tiers["free"].monthly_tokens == 1_000_000
