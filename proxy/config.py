@@ -90,6 +90,9 @@ class Deployment:
     # The output cap sent when the client sets none, and what such a request reserves of the
     # quota: the deployment's own, else its provider's, else the accounting's default.
     default_max_tokens: int = 4096
+    # Fields an OpenAI-kind deployment adds to every request body where the client did not
+    # set them, e.g. DeepSeek V4's `thinking: {type: disabled}` for a model that must not think.
+    params: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +425,7 @@ class _Parser:
                 dep = self.mapping(
                     dep,
                     dwhere,
-                    {"provider", "model", "weight", "priority", "default_max_tokens"},
+                    {"provider", "model", "weight", "priority", "default_max_tokens", "params"},
                     {"provider", "model"},
                 )
                 provider = self.string(dep.get("provider", ""), f"{dwhere}.provider")
@@ -441,9 +444,20 @@ class _Parser:
                     providers[provider].default_max_tokens if provider in providers else None
                 )
                 cap = self.cap(dep, dwhere) or provider_cap or default_cap
+                params = dep.get("params", {})
+                if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+                    self.error(f"{dwhere}.params", "must be a mapping of request fields")
+                    params = {}
+                elif params and provider in providers and providers[provider].kind != "openai":
+                    self.error(f"{dwhere}.params", "is for deployments of kind openai only")
                 parsed.append(
                     Deployment(
-                        provider, model, weight or 1, i if priority is None else priority, cap
+                        provider,
+                        model,
+                        weight or 1,
+                        i if priority is None else priority,
+                        cap,
+                        params,
                     )
                 )
             out[str(public)] = tuple(parsed)
@@ -489,7 +503,7 @@ class _Parser:
         values: dict[str, Any] = {"host": self.string(spec.get("host", d.host), "server.host")}
         origins = spec.get("cors_origins", list(d.cors_origins))
         if not isinstance(origins, list) or not all(isinstance(o, str) and o for o in origins):
-            self.error("server.cors_origins", "must be a list of origins (or [\"*\"])")
+            self.error("server.cors_origins", 'must be a list of origins (or ["*"])')
             origins = []
         values["cors_origins"] = tuple(o.rstrip("/") for o in origins)
         for name in names[1:]:

@@ -84,6 +84,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _long_ids(message: dict[str, Any]) -> bool:
+    """Whether a tool call id of the message is over OpenAI's 40 characters (ids of other
+    providers, e.g. Gemini's with their signatures: providers/openai.py shortens them)."""
+    ids = [message.get("tool_call_id")]
+    ids += [c.get("id") for c in message.get("tool_calls") or ()]
+    return any(isinstance(v, str) and len(v) > 40 for v in ids)
+
+
 def _check_message(i: int, message: Any) -> None:
     where = f"messages[{i}]"
     if not isinstance(message, dict):
@@ -159,8 +167,11 @@ def validate_chat(
         raise BadRequest("'messages' is required.", param="messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array.", param="messages")
+    long_tool_ids = False
     for i, message in enumerate(messages):
         _check_message(i, message)
+        if message["role"] in ("assistant", "tool"):
+            long_tool_ids = long_tool_ids or _long_ids(message)
 
     for name, (low, high) in RANGES.items():
         value = body.get(name)
@@ -219,4 +230,5 @@ def validate_chat(
         choices=body.get("n") or 1,
         cap=cap,
         completion_extra=estimate_prediction_tokens(body),
+        long_tool_ids=long_tool_ids,
     )

@@ -266,3 +266,24 @@ def test_check_config_lists_every_error_on_stderr():
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [f"{path}: {line}" for line in RULES[path.name]]
+
+
+def test_deployment_params_only_on_openai_kind():
+    raw = {
+        "providers": {
+            "a": {"kind": "anthropic", "base_url": "http://x", "api_key": "k"},
+            "o": {"kind": "openai", "base_url": "http://x", "api_key": "k"},
+        },
+        "models": {
+            "woozlit/a": [{"provider": "a", "model": "m", "params": {"x": 1}}],
+            "woozlit/o": [{"provider": "o", "model": "m", "params": ["x"]}],
+        },
+        "tiers": {
+            "free": {"monthly_tokens": 1, "requests_per_minute": 1},
+            "premium": {"monthly_tokens": None, "requests_per_minute": 1},
+        },
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "t.yaml", {})
+    assert any("models.woozlit/a[0].params" in e and "openai" in e for e in info.value.errors)
+    assert any("models.woozlit/o[0].params" in e for e in info.value.errors)

@@ -229,3 +229,49 @@ async def test_a_shipped_route_answers_as_the_public_model(
         assert {c.model for c in check_chunks(sse_chunks(raw))} == {public}
     else:
         assert check_completion(orjson.loads(raw)).model == public
+
+
+async def test_tool_ids_of_other_providers_are_shortened_consistently(sdk, fake_openai):
+    """A conversation begun on Gemini (ids carry a thought signature: hundreds of characters)
+    goes on with an OpenAI model, which refuses ids over 40 characters (the fake, as OpenAI)."""
+    long_id = "call_" + "a" * 32 + "~" + "c2lnbmF0dXJl" * 30
+    call = {"id": long_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "Call f."},
+        {"role": "assistant", "content": None, "tool_calls": [call, {**call, "id": "short"}]},
+        {"role": "tool", "tool_call_id": long_id, "content": "42"},
+        {"role": "tool", "tool_call_id": "short", "content": "43"},
+    ]
+    for stream in (False, True):
+        answer = await sdk.chat.completions.create(
+            model="woozlit/gpt-4o-mini", messages=messages, stream=stream
+        )
+        if stream:
+            [chunk async for chunk in answer]
+        sent = fake_openai.record.requests[-1]["messages"]
+        ids = [c["id"] for c in sent[1]["tool_calls"]]
+        assert len(ids[0]) <= 40 and ids[1] == "short"
+        assert [sent[2]["tool_call_id"], sent[3]["tool_call_id"]] == ids
+    assert messages[2]["tool_call_id"] == long_id  # the client's body is left as it is
+
+
+async def test_deployment_params_are_defaults_the_client_can_override(gateway, fake_openai):
+    thinking_off = {"thinking": {"type": "disabled"}}
+    gw = await gateway(
+        {"deepseek": openai_provider(fake_openai.url)},
+        {
+            "woozlit/deepseek-chat": [
+                {"provider": "deepseek", "model": "deepseek-chat", "params": thinking_off}
+            ]
+        },
+    )
+    async with openai.AsyncOpenAI(api_key=gw.api_key, base_url=gw.api, max_retries=0) as sdk:
+        hello = [{"role": "user", "content": "Hi"}]
+        await sdk.chat.completions.create(model="woozlit/deepseek-chat", messages=hello)
+        assert fake_openai.record.requests[-1]["thinking"] == {"type": "disabled"}
+        await sdk.chat.completions.create(
+            model="woozlit/deepseek-chat",
+            messages=hello,
+            extra_body={"thinking": {"type": "enabled"}},
+        )
+        assert fake_openai.record.requests[-1]["thinking"] == {"type": "enabled"}

@@ -50,6 +50,7 @@ class ChatRequest:
     # deployments; lowered at admission when only that much of the month's quota remains.
     cap: int = 4096
     completion_extra: int = 0  # output billed beyond the cap (OpenAI's Predicted Outputs)
+    long_tool_ids: bool = False  # a tool call id is longer than OpenAI's 40 characters
 
     @property
     def base_tokens(self) -> int:

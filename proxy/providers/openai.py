@@ -6,10 +6,16 @@ and the output cap that was reserved (`ChatRequest.cap_for`) under the name the 
 reads (`max_tokens_parameter`: `max_completion_tokens` for OpenAI, `max_tokens` elsewhere).
 DeepSeek differs in small ways handled here: usage may ride on the finish chunk,
 `: keep-alive` comments come between events, and deltas may carry `reasoning_content`.
+A deployment's `params` are added where the client set none. Tool call ids longer than
+OpenAI's limit (40 characters: "Invalid 'messages[2].tool_calls[0].id': string too long",
+`string_above_max_length`) come from other providers (a Gemini id carries its thought
+signature) in a conversation that changed model: each is sent as a short digest of itself,
+the same in the assistant's call and in the tool message that answers it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -27,6 +33,32 @@ from proxy.providers.base import (
 )
 from proxy.sse import SSEEvent
 from proxy.tokens import text_weight
+
+MAX_TOOL_ID = 40
+
+
+def _short_id(value: Any) -> Any:
+    if not isinstance(value, str) or len(value) <= MAX_TOOL_ID:
+        return value
+    return "call_" + hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
+
+
+def _short_tool_ids(messages: list[Any]) -> list[Any]:
+    """`messages` with every tool call id over MAX_TOOL_ID characters shortened (copies of the
+    messages that change; the client's body is left as it is, for another deployment)."""
+    out = []
+    for message in messages:
+        if isinstance(message, dict):
+            if "tool_call_id" in message:
+                message = {**message, "tool_call_id": _short_id(message["tool_call_id"])}
+            calls = message.get("tool_calls")
+            if isinstance(calls, list):
+                calls = [
+                    {**c, "id": _short_id(c.get("id"))} if isinstance(c, dict) else c for c in calls
+                ]
+                message = {**message, "tool_calls": calls}
+        out.append(message)
+    return out
 
 
 def usage_from(payload: Any) -> Usage | None:
@@ -122,7 +154,11 @@ class OpenAIProvider(Provider):
     def build_request(self, chat: ChatRequest, deployment: Deployment) -> UpstreamRequest:
         self.require_key()
         body = dict(chat.body)
+        for name, value in deployment.params.items():
+            body.setdefault(name, value)
         body["model"] = deployment.model
+        if chat.long_tool_ids:
+            body["messages"] = _short_tool_ids(body["messages"])
         # The cap the upstream obeys is the one reserved, under the name it reads.
         body.pop("max_tokens", None)
         body.pop("max_completion_tokens", None)

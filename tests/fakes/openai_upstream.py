@@ -26,7 +26,7 @@ Like OpenAI's API it refuses, with its error body and status: a model it does no
 (`record.models`; 404 `model_not_found`, or DeepSeek's 400 "Model Not Exist" on the
 unversioned path that DeepSeek's base URL gives), empty `messages`, a `tool` message that
 answers no `tool_calls` id of the assistant message before it, an assistant's tool call that
-no tool message answers, an unknown role, `stream_options` without `stream`, and the wrong
+no tool message answers, a tool call id over 40 characters, an unknown role, `stream_options` without `stream`, and the wrong
 key when `record.api_key` is set. `GET /v1/models` lists `record.models` in OpenAI's shape;
 `GET /models` (DeepSeek's base URL) in DeepSeek's.
 """
@@ -199,6 +199,15 @@ def refusal(body: dict[str, Any], scenario: str) -> web.Response | None:
         if role == "assistant":
             calls = message.get("tool_calls") or ()
             pending = [c.get("id") for c in calls if isinstance(c, dict)]
+            for j, call_id in enumerate(pending):
+                if isinstance(call_id, str) and len(call_id) > 40:
+                    return _invalid(
+                        f"Invalid 'messages[{i}].tool_calls[{j}].id': string too long. Expected"
+                        f" a string with maximum length 40, but got a string with length"
+                        f" {len(call_id)} instead.",
+                        f"messages[{i}].tool_calls[{j}].id",
+                        "string_above_max_length",
+                    )
     if pending:
         return _unanswered(len(messages) - 1, pending)
     return None
