@@ -26,8 +26,9 @@ Like OpenAI's API it refuses, with its error body and status: a model it does no
 (`record.models`; 404 `model_not_found`, or DeepSeek's 400 "Model Not Exist" on the
 unversioned path that DeepSeek's base URL gives), empty `messages`, a `tool` message that
 answers no `tool_calls` id of the assistant message before it, an assistant's tool call that
-no tool message answers, a tool call id over 40 characters, an unknown role, `stream_options` without `stream`, and the wrong
-key when `record.api_key` is set. `GET /v1/models` lists `record.models` in OpenAI's shape;
+no tool message answers, a tool call id over 40 characters, an unknown role,
+`stream_options` without `stream`, and the wrong key when `record.api_key` is set.
+`GET /v1/models` lists `record.models` in OpenAI's shape;
 `GET /models` (DeepSeek's base URL) in DeepSeek's.
 """
 
