@@ -8,7 +8,9 @@ the events it completes are translated and written to the client in one write be
 next read, and a write goes straight to the transport (no buffering of ours, TCP_NODELAY on
 aiohttp's side).
 The client's response is prepared lazily, at the first chunk, so that a failure before any
-byte has gone out still gets a proper status and, later, a retry on another deployment.
+byte has gone out still gets a proper status and, later, a retry on another deployment; or
+FIRST_SIGN_SECONDS after a provider answered 200 and then stayed silent, so that the client
+sees a sign of life (its read timeout may be shorter than a reasoning model's thinking).
 Once headers are out, a failure is one `data: {"error": {"message", "type", "code"}}` event
 and the end.
 """
