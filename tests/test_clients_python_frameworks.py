@@ -281,7 +281,6 @@ class LLM(Client):
         import llm
         import yaml
 
-        os.environ["LLM_USER_PATH"] = str(self.tmp)
         if model not in self.models:
             self.models.append(model)
             entries = [
