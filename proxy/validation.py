@@ -208,7 +208,10 @@ def validate_chat(
                 param="stream_options.include_usage",
             )
 
-    if body.get("temperature") is None:
+    # The seed's default temperature, sent upstream explicitly; but not beside a `top_p` the
+    # client set, which it would otherwise override where a provider takes only one of the
+    # two (Claude since Sonnet 4.5).
+    if body.get("temperature") is None and body.get("top_p") is None:
         body["temperature"] = default_temperature
 
     # Both names mean the same cap (max_tokens is its older name); given both, the smaller.

@@ -315,7 +315,7 @@ async def test_blank_stop_sequences_are_dropped(claude: Claude, stop: Any, sent:
     [
         ({"temperature": 2}, {"temperature": 1.0}),
         ({"temperature": 0.2, "top_p": 0.5}, {"temperature": 0.2}),
-        ({"top_p": 0.5}, {"temperature": 0.7}),  # the gateway's default temperature wins
+        ({"top_p": 0.5}, {"top_p": 0.5}),  # no default temperature beside the client's top_p
     ],
 )
 async def test_sampling_fields_anthropic_takes(claude: Claude, extra: Any, sent: Any) -> None:

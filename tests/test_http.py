@@ -680,6 +680,13 @@ async def test_default_temperature_is_sent(gw, http, fake_openai):
     assert [r["temperature"] for r in fake_openai.record.requests] == [0.7, 0.7]
 
 
+async def test_no_default_temperature_beside_the_clients_top_p(gw, http, fake_openai):
+    """Claude takes one of the two: the client's top_p must not lose to our default."""
+    await chat(http, gw, with_(top_p=0.5))
+    assert "temperature" not in fake_openai.record.requests[-1]
+    assert fake_openai.record.requests[-1]["top_p"] == 0.5
+
+
 @pytest.mark.parametrize("temperature", [0, 0.0, 1, 1.3, 2])
 async def test_given_temperature_passes_unchanged(gw, http, fake_openai, temperature):
     await chat(http, gw, with_(temperature=temperature))
