@@ -21,8 +21,9 @@ names the client's own field, never one naming a field it did not send.
   `temperature` is clamped to Anthropic's 0..1 (OpenAI allows up to 2). `top_p` is sent only
   without a temperature: Claude models since Sonnet 4.5 refuse the two together. The gateway's
   default temperature is not added to a request that sets `top_p` (validation.py), so the
-  client's `top_p` is sent unless it set both, and then its temperature wins. Blank stop sequences are dropped (Anthropic refuses them). `user` is
-  `metadata.user_id`, hashed when longer than 256 characters or not printable.
+  client's `top_p` is sent unless it set both, and then its temperature wins. Blank stop
+  sequences are dropped (Anthropic refuses them). `user` is `metadata.user_id`, hashed when
+  longer than 256 characters or not printable.
 - `response_format` json_object / json_schema: the answer comes as the input of a tool the
   model must call (named after the schema, or `json_answer`), and goes back as the message's
   content (finish reason "stop"), streamed as content deltas. This works on every Claude model,
