@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from aiohttp import web
@@ -23,6 +24,7 @@ from proxy.appkeys import ACCOUNTS
 from proxy.config import parse_config
 from proxy.server import GatewayRunner
 from tests.fakes.openai_upstream import Record, create_fake_openai
+from tests.openai_types import check_chunks, check_completion, stream_chunks
 
 ADMIN_TOKEN = "test-admin-token"
 # Concurrency is not what most tests are about: they may run hundreds of requests at once.
@@ -175,6 +177,48 @@ class Gateway:
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
+class AnswerCheck:
+    """Every chat answer of every gateway a test starts, checked against the openai SDK's
+    types (tests/openai_types.py) as it goes out: a JSON answer whole, a stream's chunks up
+    to its end or its error event. Failures are collected and fail the test at teardown."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+        self.failures: list[str] = []
+
+    async def watch(self, request: web.Request, response: web.StreamResponse) -> None:
+        if not request.path.endswith("/chat/completions") or response.status != 200:
+            return
+        if isinstance(response, web.Response):
+            if isinstance(response.body, bytes) and not request.headers.get("Idempotency-Key"):
+                self._check(lambda body=response.body: check_completion(orjson.loads(body)))
+            return
+        written: list[bytes] = []
+        write, write_eof = response.write, response.write_eof
+
+        async def collect(data: bytes | bytearray | memoryview) -> None:
+            written.append(bytes(data))
+            await write(data)
+
+        async def end(data: bytes = b"") -> None:
+            written.append(data)
+            self._check(lambda: check_chunks(stream_chunks(b"".join(written))))
+            await write_eof(data)
+
+        response.write = collect  # type: ignore[method-assign]
+        response.write_eof = end  # type: ignore[method-assign]
+
+    def _check(self, check: Callable[[], Any]) -> None:
+        self.checked += 1
+        try:
+            check()
+        except Exception as exc:  # noqa: BLE001 - every failure is reported at teardown
+            self.failures.append(f"{type(exc).__name__}: {exc}"[:2000])
+
+    def assert_all_valid(self) -> None:
+        assert not self.failures, "answers that fail the openai types:\n" + "\n".join(self.failures)
+
+
 @pytest.fixture
 async def gateway() -> AsyncIterator[GatewayFactory]:
     """Start gateways: `await gateway(providers=..., models=..., redis_url=None, ...)`.
@@ -211,6 +255,7 @@ async def gateway() -> AsyncIterator[GatewayFactory]:
             raw["server"] = server
         config = parse_config(raw, "test.yaml", os.environ)
         app = create_app(config, redis_url=redis_url, admin_token=admin_token, bootstrap=False)
+        app.on_response_prepare.append(answers.watch)
         test_server = GatewayTestServer(app)
         await test_server.start_server()
         servers.append(test_server)
@@ -224,6 +269,8 @@ async def gateway() -> AsyncIterator[GatewayFactory]:
         key = await accounts.create_key(acct["id"], "test")
         return Gateway(app, test_server, base_url, key["key"], acct["id"])
 
+    answers = AnswerCheck()
     yield start
     for s in reversed(servers):
         await s.close()
+    answers.assert_all_valid()

@@ -67,3 +67,20 @@ def sse_chunks(body: bytes) -> list[dict[str, Any]]:
     events = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: ")]
     assert events and events[-1] == b"[DONE]", events[-1:]
     return [orjson.loads(e) for e in events[:-1]]
+
+
+def stream_chunks(body: bytes) -> list[dict[str, Any]]:
+    """The JSON of each `data:` event of an SSE body, up to `[DONE]` or an error event (a
+    stream that failed after it began: what came before it must still be valid)."""
+    chunks = []
+    for line in body.split(b"\n"):
+        if not line.startswith(b"data: "):
+            continue
+        data = line[6:]
+        if data == b"[DONE]":
+            break
+        chunk = orjson.loads(data)
+        if "error" in chunk:
+            break
+        chunks.append(chunk)
+    return chunks
