@@ -190,7 +190,7 @@ class AnswerCheck:
         if not request.path.endswith("/chat/completions") or response.status != 200:
             return
         if isinstance(response, web.Response):
-            if isinstance(response.body, bytes) and not request.headers.get("Idempotency-Key"):
+            if isinstance(response.body, bytes):
                 self._check(lambda body=response.body: check_completion(orjson.loads(body)))
             return
         written: list[bytes] = []
