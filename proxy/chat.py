@@ -4,7 +4,8 @@
     admit: key, rate limit, quota hold    accounting.py (one Redis round trip)
     plan the deployments to try           routing.py
     translate and send, answer or stream  providers/*, upstream.py (the next deployment
-                                          on a 502/503/504 before any byte went out)
+                                          on a `retryable` error, before the headers
+                                          went out)
     settle what was used                  accounting.py (one Redis round trip, always)
 
 Settlement starts in `finally`, as a task of its own: a client that disconnects (aiohttp
