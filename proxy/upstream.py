@@ -199,7 +199,10 @@ class Upstream:
         sock = transport.get_extra_info("socket") if transport else None
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STREAM_RCVBUF)
-        watchdog = IdleWatchdog(provider.config.timeouts.idle, self.client_read_timeout)
+        timeouts = provider.config.timeouts
+        watchdog = IdleWatchdog(
+            timeouts.idle, self.client_read_timeout, max(timeouts.first_byte, timeouts.idle)
+        )
 
         async def send(data: bytes, eof: bool = False) -> None:
             assert out is not None
@@ -246,9 +249,13 @@ class Upstream:
                         continue
                     for event in parser.feed(data) if data else parser.close():
                         if event.comment:
-                            if out is not None:  # the headers are out: forward it as is
-                                frames.append(b": " + event.data + b"\n\n")
+                            # A sign of life for the client once the headers are out: ours,
+                            # not the provider's bytes. Not progress: comments alone do not
+                            # keep a stream open past `first_byte` (watchdog).
+                            if out is not None:
+                                frames.append(KEEPALIVE)
                             continue
+                        watchdog.progress()
                         for chunk in translator.feed(event):
                             chunk.update(stamp)
                             usage_sent = usage_sent or bool(chunk.get("usage"))
@@ -362,6 +369,8 @@ class IdleWatchdog:
     (`fired`), or a write to the client has waited `client_idle` seconds (`client_stalled`),
     or a read waits and the client has had nothing for FIRST_SIGN_SECONDS (before the first
     write) or KEEPALIVE_SECONDS (after it): `beat`, the pump sends a comment and reads on.
+    A provider that sends only comments (bytes, but no event) for `events_idle` seconds
+    (`timeouts.first_byte`) is stalled too (`fired`): comments show it alive, not working.
 
     One timer per idle period, not one per read: `asyncio.timeout` around every read armed
     and cancelled a timer per chunk, 4.0 us a read against 0.1 us here (uvloop, timeit).
@@ -373,6 +382,8 @@ class IdleWatchdog:
 
     __slots__ = (
         "_client_idle",
+        "_event_at",
+        "_events_idle",
         "_handle",
         "_idle",
         "_loop",
@@ -386,7 +397,9 @@ class IdleWatchdog:
         "task",
     )
 
-    def __init__(self, idle: float, client_idle: float = float("inf")):
+    def __init__(
+        self, idle: float, client_idle: float = float("inf"), events_idle: float = float("inf")
+    ):
         self._loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
@@ -399,6 +412,8 @@ class IdleWatchdog:
         self.client_stalled = False
         self.beat = False
         self._sent = self._loop.time()  # when the client last got something (or the start)
+        self._events_idle = events_idle
+        self._event_at = self._sent  # when the provider last sent an event (or the start)
         self._silence = FIRST_SIGN_SECONDS  # how long it may wait for the next thing
         self._handle = self._loop.call_at(
             self._sent + min(idle, client_idle, self._silence), self._check
@@ -411,6 +426,10 @@ class IdleWatchdog:
     @reading.setter
     def reading(self, value: bool) -> None:
         self._read_since = self._loop.time() if value else None
+
+    def progress(self) -> None:
+        """The provider sent an event (not a comment)."""
+        self._event_at = self._loop.time()
 
     @property
     def writing(self) -> bool:
@@ -428,7 +447,9 @@ class IdleWatchdog:
     def _check(self) -> None:
         now = self._loop.time()
         read, write = self._read_since, self._write_since
-        if read is not None and now - read >= self._idle:
+        if read is not None and (
+            now - read >= self._idle or now - self._event_at >= self._events_idle
+        ):
             self.fired = True
             self.task.cancel()
             return
@@ -440,12 +461,16 @@ class IdleWatchdog:
             self.beat = True
             self.task.cancel()
             self._sent = now
+        # Deadlines of what is going on now: a read's, or a write's (a check while neither
+        # is set finds nothing due and sets itself again, at most `_silence` later).
+        reading = read is not None
         due = min(
-            (read if read is not None else now) + self._idle,
+            (read if reading else now) + self._idle,
             (write if write is not None else now) + self._client_idle,
-            max(self._sent + self._silence, now + 0.001),
+            (self._sent if reading else now) + self._silence,
+            (self._event_at if reading else now) + self._events_idle,
         )
-        self._handle = self._loop.call_at(due, self._check)
+        self._handle = self._loop.call_at(max(due, now + 0.001), self._check)
 
     def close(self) -> None:
         self._handle.cancel()

@@ -449,3 +449,50 @@ async def test_a_fast_stream_carries_no_comment(gw, http):
         gw.auth(),
     )
     assert status == 200 and b": keep-alive" not in body
+
+
+def chatty_upstream() -> web.Application:
+    """200, then a comment every 0.3 s forever, with bytes a terminal would act on."""
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        while True:
+            await resp.write(b": ping \x1b[31m\x00\n\n")
+            await asyncio.sleep(0.3)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    return app
+
+
+@pytest.mark.slow
+async def test_comments_alone_do_not_keep_a_stream_open(gateway, http, redis_url):
+    """Comments show a provider alive, not working: with no event for `first_byte` seconds
+    the stream ends with an error event, and the provider's bytes never reach the client."""
+    upstream = TestServer(chatty_upstream())
+    await upstream.start_server()
+    try:
+        provider = openai_provider(
+            str(upstream.make_url("/v1")), timeouts={"connect": 1, "first_byte": 3, "idle": 1}
+        )
+        gw = await gateway(
+            {"chatty": provider},
+            {"woozlit/chatty": [{"provider": "chatty", "model": "x"}]},
+            redis_url=redis_url,
+        )
+        started = time.perf_counter()
+        status, _, body = await post(
+            http,
+            gw.base_url + OPENAI + "/chat/completions",
+            {"model": "woozlit/chatty", "messages": HELLO, "stream": True},
+            gw.auth(),
+        )
+        assert status == 200
+        assert 2.9 < time.perf_counter() - started < 4.5
+        assert b"\x1b" not in body and b"\x00" not in body and b"ping" not in body
+        assert body.count(b": keep-alive\n\n") >= 3
+        error = orjson.loads(body.rstrip().rsplit(b"\n", 1)[-1][6:])["error"]
+        assert error["code"] == "timeout" and "stalled" in error["message"]
+    finally:
+        await upstream.close()

@@ -178,3 +178,36 @@ def test_pending_bytes_is_the_partial_line():
 def test_frame_and_done():
     assert frame(b'{"a":1}') == b'data: {"a":1}\n\n'
     assert parse(frame(b'{"a":1}') + DONE) == [SSEEvent(b'{"a":1}'), SSEEvent(b"[DONE]")]
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
+def test_a_large_event_in_small_reads(ending):
+    """A multi-megabyte event (a base64 image) in 8 KiB reads: one event, whole; the parser
+    keeps a line still coming as its pieces (no rescanning of what came before)."""
+    payload = b"x" * (3 << 20)
+    body = b"data: " + payload + ending + b"data: tail" + ending + ending
+    parser = SSEParser()
+    events = []
+    for i in range(0, len(body), 8192):
+        events += parser.feed(body[i : i + 8192])
+    assert events == [SSEEvent(payload + b"\ntail")]
+    assert parser.pending_bytes == 0
+
+
+def test_an_event_over_the_limit_is_an_upstream_error():
+    from proxy.errors import UpstreamError
+
+    parser = SSEParser(max_event=1000)
+    parser.feed(b"data: " + b"x" * 500 + b"\n")
+    with pytest.raises(UpstreamError, match="over 1000 bytes"):
+        parser.feed(b"data: " + b"y" * 600 + b"\n")
+    endless = SSEParser(max_event=1000)
+    with pytest.raises(UpstreamError):
+        for _ in range(10):
+            endless.feed(b":" + b"A" * 200)  # a comment line that never ends
+
+
+def test_the_limit_counts_one_event_at_a_time():
+    parser = SSEParser(max_event=1000)
+    for _ in range(50):
+        assert parser.feed(b"data: " + b"x" * 900 + b"\n\n") == [SSEEvent(b"x" * 900)]
