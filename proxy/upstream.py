@@ -465,7 +465,7 @@ class IdleWatchdog:
         # is set finds nothing due and sets itself again, at most `_silence` later).
         reading = read is not None
         due = min(
-            (read if reading else now) + self._idle,
+            (read if read is not None else now) + self._idle,
             (write if write is not None else now) + self._client_idle,
             (self._sent if reading else now) + self._silence,
             (self._event_at if reading else now) + self._events_idle,
