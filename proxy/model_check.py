@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from proxy.config import Config, ProviderConfig
 from proxy.providers.anthropic import API_VERSION as ANTHROPIC_VERSION
@@ -32,6 +33,7 @@ from proxy.providers.anthropic import API_VERSION as ANTHROPIC_VERSION
 # An Anthropic alias (`claude-haiku-4-5`) is not listed; its dated snapshot is.
 SNAPSHOT = re.compile(r"-\d{8}$")
 MAX_PAGES = 100  # a provider paging forever is a provider we stop asking
+MAX_LIST_BYTES = 16 << 20  # one page of a model list (OpenAI's whole list is ~30 KB)
 
 
 class NotChecked(Exception):
@@ -58,13 +60,22 @@ async def _get(
     params: dict[str, str],
 ) -> dict[str, Any]:
     try:
-        async with session.get(url, headers=headers, params=params) as resp:
+        # Never followed: a redirect would take the key headers (x-api-key, x-goog-api-key)
+        # to whatever host it names; aiohttp strips only Authorization.
+        async with session.get(url, headers=headers, params=params, allow_redirects=False) as resp:
+            if 300 <= resp.status < 400:
+                raise NotChecked(f"the model list redirects elsewhere (HTTP {resp.status})")
             if resp.status != 200:
                 raise NotChecked(f"the model list answered HTTP {resp.status}")
-            payload = await resp.json(content_type=None)
+            body = await resp.content.read(MAX_LIST_BYTES + 1)
+            while len(body) <= MAX_LIST_BYTES and not resp.content.at_eof():
+                body += await resp.content.read(MAX_LIST_BYTES + 1 - len(body))
+            if len(body) > MAX_LIST_BYTES:
+                raise NotChecked(f"the model list is over {MAX_LIST_BYTES} bytes")
+        payload = orjson.loads(body)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise NotChecked(f"unreachable: {type(exc).__name__}") from exc
-    except ValueError as exc:  # not JSON
+    except orjson.JSONDecodeError as exc:  # not JSON, or nested past what orjson reads
         raise NotChecked("the model list is not JSON") from exc
     if not isinstance(payload, dict):
         raise NotChecked("the model list is not a JSON object")
@@ -128,14 +139,19 @@ LISTERS: dict[str, Callable[[aiohttp.ClientSession, ProviderConfig], Awaitable[s
 }
 
 
-async def _listing(session: aiohttp.ClientSession, p: ProviderConfig) -> set[str] | str:
-    """The provider's models, or why they could not be had."""
+async def _listing(
+    session: aiohttp.ClientSession, p: ProviderConfig, deadline: float
+) -> set[str] | str:
+    """The provider's models, or why they could not be had within `deadline` seconds."""
     if not p.api_key and p.needs_key:
         return f"no API key: set {p.api_key_env or 'its api_key'}"
     try:
-        return await LISTERS[p.kind](session, p)
+        async with asyncio.timeout(deadline):
+            return await LISTERS[p.kind](session, p)
     except NotChecked as exc:
         return str(exc)
+    except TimeoutError:
+        return f"no whole model list within {deadline:g} s"
 
 
 def _status(model: str, listed: set[str]) -> tuple[str, str]:
@@ -154,7 +170,9 @@ async def check_models(config: Config, seconds: float = 30.0) -> list[Row]:
     client_timeout = aiohttp.ClientTimeout(total=seconds)  # per request
     async with aiohttp.ClientSession(timeout=client_timeout) as session:
         names = sorted(used)
-        found = await asyncio.gather(*(_listing(session, config.providers[name]) for name in names))
+        found = await asyncio.gather(
+            *(_listing(session, config.providers[name], 4 * seconds) for name in names)
+        )
     listings = dict(zip(names, found, strict=True))
     rows = []
     for public, deployments in config.models.items():

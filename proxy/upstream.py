@@ -118,6 +118,9 @@ class Upstream:
                     # aiohttp warns about bytes bodies over 1 MiB; a file-like one it streams.
                     data=req.body if len(req.body) < BIG_BODY else io.BytesIO(req.body),
                     headers=req.headers,
+                    # Never followed: a 307 would send the body and the key headers
+                    # (x-api-key, x-goog-api-key) to whatever host it names.
+                    allow_redirects=False,
                     timeout=self._client_timeout(provider),
                     read_bufsize=STREAM_READ if stream else None,
                 )

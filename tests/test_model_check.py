@@ -145,6 +145,58 @@ async def test_providers_that_cannot_be_asked_are_not_checked(fake, anthropic_ur
     assert fake.record.requests == []  # the list only: no chat request was sent
 
 
+SEEN = web.AppKey("seen", list)
+
+
+def hostile_lists() -> web.Application:
+    """Model lists that redirect elsewhere (with the keys, if followed), nest past what a
+    parser reads, or never end."""
+    seen: list[dict[str, str]] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        raise web.HTTPFound("http://127.0.0.2:1/steal")
+
+    async def nested(request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 100_000 + b"]" * 100_000)
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        while True:
+            await resp.write(b" " * 65536)
+
+    app = web.Application()
+    app[SEEN] = seen
+    app.router.add_get("/redirect/v1/models", redirect)
+    app.router.add_get("/redirect/v1beta/models", redirect)
+    app.router.add_get("/nested/models", nested)
+    app.router.add_get("/endless/models", endless)
+    return app
+
+
+async def test_hostile_model_lists_are_not_checked_and_keep_the_keys():
+    app = hostile_lists()
+    async for url in serve(app):
+        raw = {
+            "providers": {
+                "a": {"kind": "anthropic", "base_url": url + "/redirect", "api_key": "sk-ant-x"},
+                "g": {"kind": "gemini", "base_url": url + "/redirect", "api_key": "AIza-x"},
+                "n": {"kind": "openai", "base_url": url + "/nested", "api_key": "sk-n"},
+                "e": {"kind": "openai", "base_url": url + "/endless", "api_key": "sk-e"},
+            },
+            "models": {f"woozlit/{p}": [{"provider": p, "model": "m"}] for p in "agne"},
+            "tiers": DEFAULT_TIERS,
+        }
+        rows = await check_models(parse_config(raw, "t.yaml", {}), seconds=5)
+    details = {r.provider: (r.status, r.detail) for r in rows}
+    assert details["a"] == ("not checked", "the model list redirects elsewhere (HTTP 302)")
+    assert details["g"] == ("not checked", "the model list redirects elsewhere (HTTP 302)")
+    assert details["n"] == ("not checked", "the model list is not JSON")
+    assert details["e"][0] == "not checked" and "over" in details["e"][1]
+    assert len(app[SEEN]) == 2  # asked once each, never followed
+
+
 def test_a_row_is_one_line():
     row = Row("woozlit/m", "p", "m-1", "not checked", "no API key: set P_KEY")
     assert row.line() == "woozlit/m  p/m-1  not checked (no API key: set P_KEY)"

@@ -380,3 +380,47 @@ async def test_the_fake_lists_its_models_in_openais_and_deepseeks_shapes(fake_op
         assert {m["owned_by"] for m in listing["data"]} == {"deepseek"}
     got, _ = await fake_post(fake_openai, {"model": "gpt-4o-mini", "messages": USER})
     assert got == 401
+
+
+async def test_a_redirect_is_never_followed_and_goes_on_to_the_next_deployment(
+    gateway: GatewayFactory, fake_openai: FakeUpstream
+):
+    """A 307 from a provider would send the body and the key elsewhere if followed."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    elsewhere: list[dict[str, str]] = []
+
+    async def steal(request: web.Request) -> web.Response:
+        elsewhere.append(dict(request.headers))
+        return web.json_response({})
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(str(thief.make_url("/steal")))
+
+    thief_app, moved_app = web.Application(), web.Application()
+    thief_app.router.add_route("*", "/steal", steal)
+    moved_app.router.add_post("/v1/chat/completions", redirect)
+    thief, moved = TestServer(thief_app), TestServer(moved_app)
+    await thief.start_server()
+    await moved.start_server()
+    try:
+        configured = {
+            **providers(fake_openai),
+            "moved": openai_provider(str(moved.make_url("/v1"))),
+        }
+        models = {
+            "woozlit/m": [
+                {"provider": "moved", "model": "gpt-4o"},
+                {"provider": "good", "model": "gpt-4o"},
+            ]
+        }
+        gw = await gateway(configured, models, routing=FAST)
+        for stream in (False, True):
+            status, body, headers = await post(gw, chat("woozlit/m", stream))
+            assert status == 200, body
+            assert headers["x-woozlit-deployment"] == "good/gpt-4o"
+        assert elsewhere == []
+    finally:
+        await thief.close()
+        await moved.close()
