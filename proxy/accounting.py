@@ -234,7 +234,7 @@ class Accountant:
             raise TooManyConcurrent(
                 f"This API key already has {reply[1]} requests in progress, the most its plan "
                 "allows at once; retry when one has finished.",
-                headers={"Retry-After": "1"},
+                headers={"Retry-After": "1", **rate_headers(reply[2], reply[3], reply[4])},
             )
         if code == "quota":
             self._decisions["quota"].inc()

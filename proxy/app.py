@@ -175,7 +175,12 @@ async def retrieve_model(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     name = request.match_info["model"]
     if name not in router.routes:
-        raise NotFound(f"The model '{name}' does not exist.", param="model", code="model_not_found")
+        raise NotFound(
+            f"The model '{name}' does not exist.",
+            param="model",
+            code="model_not_found",
+            headers=admission.headers,
+        )
     body = {
         "id": name,
         "object": "model",

@@ -19,7 +19,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from aiohttp import web
@@ -117,18 +117,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             default_temperature=config.server.default_temperature,
             openai=openai_profile(request),
         )
+        idempotency_key = request.headers.get("Idempotency-Key")
+        if idempotency_key and len(idempotency_key) > MAX_KEY_LENGTH:
+            raise BadRequest(f"Idempotency-Key must be at most {MAX_KEY_LENGTH} characters.")
     except GatewayError as exc:
         # A bad request is a request of the key's minute too, and its answer carries the
         # rate-limit headers of every API answer.
-        admission = await accountant.admit(owner, request[REQUEST_ID], mode="rate")
-        exc.headers = {**admission.headers, **exc.headers}
-        raise
-    idempotency_key = request.headers.get("Idempotency-Key")
+        await _refused(request, owner, exc)
     if not idempotency_key or chat.stream:
         return await serve(request, owner, chat, timing, None)
 
-    if len(idempotency_key) > MAX_KEY_LENGTH:
-        raise BadRequest(f"Idempotency-Key must be at most {MAX_KEY_LENGTH} characters.")
     claim = Claim(
         app[STORE],
         owner[0],
@@ -143,10 +141,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         # The client left while the key was being taken: give it back, if it was taken.
         await asyncio.shield(claim.abandon())
         raise
-    except GatewayError:
+    except GatewayError as exc:
         # 409 or 422 tell something of the key's requests: only to a key that may ask.
-        await accountant.admit(owner, request[REQUEST_ID], mode="rate")
-        raise
+        await _refused(request, owner, exc)
     if stored is not None:
         # A replay costs no tokens, but passes the same key, account and rate checks as a
         # new request: a revoked key or a disabled account gets no stored answer either.
@@ -165,6 +162,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     assert isinstance(response, web.Response) and isinstance(response.body, bytes)
     await claim.finish(response.body)
     return response
+
+
+async def _refused(request: web.Request, owner: tuple[str, str], exc: GatewayError) -> NoReturn:
+    """Raise `exc`, a refusal of a known key's request, once it is counted against the key's
+    rate limit and carries its rate-limit headers (or raise the rate limit's 429)."""
+    admission = await request.app[ACCOUNTANT].admit(owner, request[REQUEST_ID], mode="rate")
+    exc.headers = {**admission.headers, **exc.headers}
+    raise exc
 
 
 async def serve(

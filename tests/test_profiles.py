@@ -180,12 +180,14 @@ async def test_quota_and_rate_limit_in_openai_shape(gateway, fake_openai, redis_
     assert headers["x-ratelimit-limit-tokens"] == "10"
     assert headers["x-ratelimit-remaining-tokens"] == "0"
     assert re.fullmatch(r"\d+h\d+m\d+s", headers["x-ratelimit-reset-tokens"])
-    # The quota refusal was not counted against the rate limit: three 400s are, the fourth
-    # request is refused by the rate limit.
-    for _ in range(2):
-        status, headers, answer = await post(http, url, {**body, "temperature": 9}, gw.auth())
-        assert status == 400, answer
+    # The quota refusal and the 400s count against the rate limit (or refusals would be
+    # free): one refusal, two 400s, and the fourth request is refused by the rate limit.
+    assert headers["x-ratelimit-remaining-requests"] == "2"
     status, headers, answer = await post(http, url, {**body, "temperature": 9}, gw.auth())
+    assert status == 400, answer
+    status, headers, answer = await post(
+        http, url, body, {**gw.auth(), "Idempotency-Key": "k" * 300}
+    )
     assert status == 400 and headers["x-ratelimit-remaining-requests"] == "0"
     status, headers, answer = await post(http, url, body, gw.auth())
     assert status == 429
@@ -496,3 +498,42 @@ async def test_comments_alone_do_not_keep_a_stream_open(gateway, http, redis_url
         assert error["code"] == "timeout" and "stalled" in error["message"]
     finally:
         await upstream.close()
+
+
+async def test_refusals_of_a_known_key_carry_and_count_the_rate_limit(
+    gateway, fake_openai, redis_url, http
+):
+    """409, 422, a too-long Idempotency-Key, the concurrency 429 and a model 404: each
+    carries the rate-limit headers and counts as a request of the minute."""
+    tiers = {
+        "free": {"monthly_tokens": None, "requests_per_minute": 50, "max_concurrent_requests": 1},
+        "premium": {"monthly_tokens": None, "requests_per_minute": 50},
+    }
+    gw = await gateway(
+        {"openai": openai_provider(fake_openai.url)},
+        {**models(), "woozlit/gated": [{"provider": "openai", "model": "gated"}]},
+        redis_url=redis_url,
+        tiers=tiers,
+        account={"tier": "free", "developer": True},
+    )
+    url = gw.base_url + OPENAI + "/chat/completions"
+    body = {"model": "woozlit/gated", "messages": HELLO}
+    idem = {**gw.auth(), "Idempotency-Key": "same"}
+    first = asyncio.create_task(post(http, url, body, idem))
+    await asyncio.sleep(0.3)  # the gated answer waits: the key is in use, the slot taken
+    answers = {
+        409: await post(http, url, body, idem),
+        422: await post(http, url, {**body, "temperature": 0.1}, idem),
+        400: await post(http, url, body, {**gw.auth(), "Idempotency-Key": "k" * 300}),
+        429: await post(http, url, {"model": MODEL, "messages": HELLO}, gw.auth()),
+    }
+    async with http.get(gw.base_url + OPENAI + "/models/woozlit/nope", headers=gw.auth()) as r:
+        answers[404] = (r.status, r.headers, await r.read())
+    fake_openai.record.gate.set()
+    assert (await first)[0] == 200
+    remaining = []
+    for status, (got, headers, answer) in answers.items():
+        assert got == status, (status, answer)
+        assert "x-ratelimit-remaining-requests" in headers, status
+        remaining.append(int(headers["x-ratelimit-remaining-requests"]))
+    assert remaining == [48, 47, 46, 45, 45], remaining  # the model lookup only reads

@@ -26,8 +26,9 @@
 --   {'month', month}           the caller's month is wrong; call again with this one
 --   {'unknown'} {'revoked'} {'disabled'} {'nodev'}
 --   {'duplicate'}              this request id is already admitted and not settled
---   {'rate', rpm, 0, retry_ms}  {'busy', concurrent}
---   {'quota', limit, used, held, rpm, remaining, reset_ms}  (the refusal is not counted)
+--   {'rate', rpm, 0, retry_ms}  (not counted)
+--   {'busy', concurrent, rpm, remaining, reset_ms}  (counted against the rate limit)
+--   {'quota', limit, used, held, rpm, remaining, reset_ms}  (counted too)
 local WINDOW = 60000
 
 local now = now_ms(ARGV[8])
@@ -66,12 +67,25 @@ if mode ~= 'check' and count >= rpm then
   return {'rate', rpm, 0, math.max(retry, 1)}
 end
 
+-- From here the request counts against the rate limit, also when it is refused for its
+-- concurrency or the quota: a refusal is a request of the minute, or refusals would be free.
+if mode ~= 'check' then
+  if redis.call('HEXISTS', KEYS[5], ARGV[2]) == 1 then return {'duplicate'} end
+  redis.call('ZADD', KEYS[3], now, ARGV[2])
+  redis.call('PEXPIRE', KEYS[3], WINDOW)
+  count = count + 1
+end
+local reset = 0
+if count > 0 then reset = WINDOW end
+
 -- Concurrency: requests of this key admitted and not yet settled. An entry outlives its
 -- request only when its instance died; live requests are renewed (renew.lua).
 -- Expired entries are swept only when they would make the count reach the cap.
 if mode == 'hold' and redis.call('ZCARD', KEYS[8]) >= concurrent then
   redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now)
-  if redis.call('ZCARD', KEYS[8]) >= concurrent then return {'busy', concurrent} end
+  if redis.call('ZCARD', KEYS[8]) >= concurrent then
+    return {'busy', concurrent, rpm, rpm - count, reset}
+  end
 end
 
 -- Quota: release the holds of dead instances, then used + held + this <= limit.
@@ -93,11 +107,7 @@ if limit ~= '' then
     local free = limit - used - held
     if base + choices * cap > free then
       cap = math.floor((free - base) / choices)
-      if cap < 1 then
-        local reset = 0
-        if count > 0 then reset = WINDOW end
-        return {'quota', limit, used, held, rpm, rpm - count, reset}
-      end
+      if cap < 1 then return {'quota', limit, used, held, rpm, rpm - count, reset} end
     end
     hold = base + choices * cap
   end
@@ -105,12 +115,6 @@ else
   limit = -1
 end
 
-if mode ~= 'check' then
-  if redis.call('HEXISTS', KEYS[5], ARGV[2]) == 1 then return {'duplicate'} end
-  redis.call('ZADD', KEYS[3], now, ARGV[2])
-  redis.call('PEXPIRE', KEYS[3], WINDOW)
-  count = count + 1
-end
 if mode == 'hold' then
   -- Every admitted request has a hold until it is settled, even an unlimited account's
   -- (of 0 tokens), so that a dead instance's requests leave the concurrency count too.
@@ -125,6 +129,4 @@ if mode ~= 'check' and now - (tonumber(key[2]) or 0) * 1000 > 60000 then
   redis.call('HSET', KEYS[2], 'last_used_at', math.floor(now / 1000))
 end
 
-local reset = 0
-if count > 0 then reset = WINDOW end
 return {'ok', rpm, rpm - count, reset, limit, used, held, cap, hold}
