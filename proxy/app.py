@@ -101,6 +101,7 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         response: web.StreamResponse = await handler(request)
     except GatewayError as exc:
         response = render_error(request, exc)
+        fields["error"] = exc.code or exc.type  # why, for the operator: never the message
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -330,6 +331,10 @@ def _cross_origin_only(hook: Any) -> Any:
     async def prepare(request: web.Request, response: web.StreamResponse) -> None:
         if "Origin" in request.headers:
             await hook(request, response)
+            # aiohttp-cors echoes the origin, even for "*": a shared cache must not hand one
+            # origin's answer to another.
+            if "Access-Control-Allow-Origin" in response.headers:
+                response.headers.add("Vary", "Origin")
 
     return prepare
 

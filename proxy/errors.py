@@ -155,6 +155,12 @@ class ModelUnavailable(ServiceUnavailable):
     default_message = "The model is unavailable right now."
     code = "model_unavailable"
 
+    def __init__(self, message: str | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        # Retried at once, a retired model or an account out of credit fails the same way:
+        # the openai SDKs honour this and do not.
+        self.headers.setdefault("x-should-retry", "false")
+
 
 class UpstreamTimeout(GatewayError):
     status = 504

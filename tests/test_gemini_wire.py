@@ -430,3 +430,17 @@ async def test_fake_lists_the_models_it_serves_by_pages():
                 assert "models/gemini-1.5-pro is not found" in error["message"]
     finally:
         await server.close()
+
+
+async def test_a_stream_with_fewer_candidates_than_asked_ends_cleanly(client):
+    """n=3, and Google streams one candidate: the stream ends with [DONE], each choice with a
+    finish reason (the ones that never came, empty), not with "ended the stream early"."""
+    status, chunks = await client.post(n=3, stream=True)
+    assert status == 200
+    reasons = {
+        choice["index"]: choice["finish_reason"]
+        for chunk in chunks
+        for choice in chunk["choices"]
+        if choice["finish_reason"]
+    }
+    assert reasons == {0: "stop", 1: "stop", 2: "stop"}

@@ -58,5 +58,7 @@ async def test_access_log_lines(gateway: GatewayFactory, fake_openai: FakeUpstre
     assert plain["stream"] is False and streamed["stream"] is True
     assert streamed["x_request_id"] == "trace-True"
     assert "account" not in refused
+    assert refused["error"] == "invalid_api_key"  # why, in the error's code
+    assert "error" not in plain and "error" not in streamed
     assert missing["path"] == "-"  # an unknown path is not logged as sent
     assert os.linesep.encode() in text

@@ -275,3 +275,7 @@ async def test_deployment_params_are_defaults_the_client_can_override(gateway, f
             extra_body={"thinking": {"type": "enabled"}},
         )
         assert fake_openai.record.requests[-1]["thinking"] == {"type": "enabled"}
+        await sdk.chat.completions.create(
+            model="woozlit/deepseek-chat", messages=hello, extra_body={"thinking": None}
+        )
+        assert fake_openai.record.requests[-1]["thinking"] == {"type": "disabled"}

@@ -332,6 +332,7 @@ async def test_cors_preflight_and_answers(gw, http):
                 exposed = resp.headers["Access-Control-Expose-Headers"].lower()
                 for name in ("x-request-id", "retry-after", *RATE_HEADERS, *TOKEN_HEADERS):
                     assert name in exposed, name
+                assert "Origin" in resp.headers.getall("Vary", [])  # the origin is echoed
     # never on the admin API
     admin = gw.base_url + "/admin/v1/accounts"
     async with http.options(admin, headers=preflight) as resp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from proxy.config import ProviderConfig, Timeouts
@@ -131,9 +132,10 @@ async def test_a_model_whose_only_deployment_is_retired_is_unavailable_not_a_bad
 ):
     models = {"woozlit/gpt-4-turbo": [{"provider": "good", "model": "gpt-4-turbo"}]}
     gw = await gateway(providers(fake_openai), models)
-    status, body, _ = await post(gw, chat("woozlit/gpt-4-turbo", stream))
+    status, body, headers = await post(gw, chat("woozlit/gpt-4-turbo", stream))
     assert status == 503
     assert "model is unavailable" in message_of(body)
+    assert headers["x-should-retry"] == "false"  # a retry at once fails the same way
     if isinstance(body["error"], dict):  # the OpenAI profile's shape
         assert body["error"]["code"] == "model_unavailable"
 
@@ -424,3 +426,18 @@ async def test_a_redirect_is_never_followed_and_goes_on_to_the_next_deployment(
     finally:
         await thief.close()
         await moved.close()
+
+
+def test_stream_events_without_choices_reach_no_client():
+    """A provider's event that is no chunk (no `choices`) is dropped; its usage alone goes
+    on, to a client that asked for it."""
+    from proxy.providers.base import ChatRequest
+
+    for include_usage in (False, True):
+        chat = ChatRequest({}, "woozlit/m", True, include_usage, None, 10)
+        stream = provider().stream_translator(chat)
+        assert stream.feed(SSEEvent(b'{"injected": 1}')) == []
+        usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        out = stream.feed(SSEEvent(orjson.dumps({"usage": usage})))
+        assert out == ([{"choices": [], "usage": usage}] if include_usage else [])
+        assert stream.usage is not None and stream.usage.total_tokens == 7

@@ -670,6 +670,7 @@ class GeminiStream(StreamTranslator):
         self.n = _candidate_count(chat.body)
         self.started = False
         self.finished: set[int] = set()
+        self.seen: set[int] = set()  # candidate indexes that came
         self.calls_sent: dict[int, int] = {}  # candidate index -> tool calls streamed
         self.names = tool_names(chat.body)
 
@@ -695,13 +696,16 @@ class GeminiStream(StreamTranslator):
         for candidate in candidates if isinstance(candidates, list) else ():
             if isinstance(candidate, dict):
                 chunks.extend(self._candidate(candidate))
-        self.done = all(i in self.finished for i in range(self.n))
+        # Complete when every candidate that came has finished: Google may send fewer than
+        # candidateCount (one stream of n > 1 comes with one candidate at times).
+        self.done = bool(self.finished) and self.seen <= self.finished
         return chunks
 
     def _candidate(self, candidate: dict[str, Any]) -> list[dict[str, Any]]:
         index = candidate.get("index", 0)  # proto3 JSON leaves out a zero index
         if not isinstance(index, int) or index in self.finished:
             return []
+        self.seen.add(index)
         chunks = []
         text, calls = _candidate_output(candidate, self.names)
         if text:
@@ -723,9 +727,13 @@ class GeminiStream(StreamTranslator):
         return chunks
 
     def finish(self) -> list[dict[str, Any]]:
-        if not self.done or not self.chat.include_usage:
+        if not self.done:
             return []
-        return [{"choices": [], "usage": self.final_usage().as_dict()}]
+        # A candidate that never came (its role went out first) is finished empty.
+        chunks = [_chunk(i, {}, "stop") for i in range(self.n) if i not in self.finished]
+        if self.chat.include_usage:
+            chunks.append({"choices": [], "usage": self.final_usage().as_dict()})
+        return chunks
 
 
 def _chunk(index: int, delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:

@@ -138,6 +138,10 @@ class OpenAIStream(StreamTranslator):
                 if not choices:
                     return []
                 del chunk["usage"]
+        if not isinstance(choices, list):
+            # Not a chunk (no `choices`): nothing a client could read; its usage, if any,
+            # goes out alone, as OpenAI sends it.
+            return [{"choices": [], "usage": chunk["usage"]}] if usage is not None else []
         return [chunk]
 
 
@@ -155,7 +159,8 @@ class OpenAIProvider(Provider):
         self.require_key()
         body = dict(chat.body)
         for name, value in deployment.params.items():
-            body.setdefault(name, value)
+            if body.get(name) is None:  # a client's null is no value of its own
+                body[name] = value
         body["model"] = deployment.model
         if chat.long_tool_ids:
             body["messages"] = _short_tool_ids(body["messages"])
