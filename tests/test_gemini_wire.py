@@ -444,3 +444,18 @@ async def test_a_stream_with_fewer_candidates_than_asked_ends_cleanly(client):
         if choice["finish_reason"]
     }
     assert reasons == {0: "stop", 1: "stop", 2: "stop"}
+
+
+@pytest.mark.parametrize(
+    ("response_format", "param"),
+    [
+        ("json", "response_format"),
+        ({"type": None}, "response_format"),
+        ({"type": "xml"}, "response_format.type"),
+        ({"type": "json_schema", "json_schema": "x"}, "response_format.json_schema"),
+    ],
+)
+async def test_a_bad_response_format_is_a_400_naming_it(client, response_format, param):
+    status, error = await client.post(response_format=response_format)
+    assert status == 400
+    assert error["param"] == param and "None" not in error["message"]

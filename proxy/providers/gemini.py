@@ -499,21 +499,34 @@ def _generation_config(chat: ChatRequest, cap: int) -> dict[str, Any]:
 
 
 def _response_format(spec: Any) -> dict[str, Any]:
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if spec is None or kind == "text":
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        raise BadRequest(
+            "'response_format' must be an object with a 'type': text, json_object or json_schema.",
+            param="response_format",
+        )
+    kind = spec["type"]
+    if kind == "text":
         return {}
     if kind == "json_object":
         return {"responseMimeType": "application/json"}
     if kind == "json_schema":
         json_schema = spec.get("json_schema")
         if not isinstance(json_schema, dict):
-            raise BadRequest("response_format.json_schema must be an object.")
+            raise BadRequest(
+                "'response_format.json_schema' must be an object.",
+                param="response_format.json_schema",
+            )
         schema = json_schema.get("schema")
         out: dict[str, Any] = {"responseMimeType": "application/json"}
         if isinstance(schema, dict):
             out["responseSchema"] = gemini_schema(schema, "response_format.json_schema.schema")
         return out
-    raise BadRequest(f"response_format.type {kind!r} is not supported.")
+    raise BadRequest(
+        f"'response_format.type' {kind!r} is not supported: text, json_object or json_schema.",
+        param="response_format.type",
+    )
 
 
 def _candidate_count(body: Mapping[str, Any]) -> int:
