@@ -297,16 +297,16 @@ def create_app(
         routes += admin.routes(admin_token)
     for method, path, handler in routes:
         app.router.add_route(method, path, handler, expect_handler=expect_handler)
-    _serve_cors(app, config.server.cors_origins, api)
+    _add_api_routes(app, config.server.cors_origins, api)
     return app
 
 
-def _serve_cors(
+def _add_api_routes(
     app: web.Application, origins: tuple[str, ...], api: list[tuple[str, str, Handler]]
 ) -> None:
-    """The API routes, with CORS for browser pages of `origins` (aiohttp-cors answers the
-    preflight `OPTIONS` and adds the headers to every answer, errors included); the admin
-    API and the operations routes get none."""
+    """Add the API routes, with CORS for browser pages of `origins` (aiohttp-cors answers
+    the preflight `OPTIONS` and adds the headers to every answer, errors included); the
+    admin API and the operations routes get none."""
     before = list(app.on_response_prepare)
     cors = aiohttp_cors.setup(app)
     # aiohttp-cors looks at every answer as it is prepared (4 us each, measured); an answer
