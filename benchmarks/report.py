@@ -489,7 +489,7 @@ def harness_row(phase: str, name: str, m: Measured, width: int = 8) -> str:
 
 
 def checks(bench: Bench) -> list[str]:
-    """The figures the issues set targets for, each marked reached or not."""
+    """The figures the performance targets are set for, each marked reached or not."""
     rows = {row.label: row.values for row in figures(bench)}
     out = ["targets (streaming and throughput):"]
 
