@@ -25,6 +25,7 @@ from proxy.config import parse_config
 from proxy.server import GatewayRunner
 from tests.fakes.openai_upstream import Record, create_fake_openai
 from tests.openai_types import check_chunks, check_completion, stream_chunks
+from tests.redis_binary import redis_binaries
 
 ADMIN_TOKEN = "test-admin-token"
 # Concurrency is not what most tests are about: they may run hundreds of requests at once.
@@ -57,17 +58,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def pytest_report_header() -> str:
+    """Which redis-server this run starts (tests/redis_binary.py), in the run's first lines."""
+    found = redis_binaries()
+    return f"redis-server: {found.server} ({found.version_text}, from {found.source})"
+
+
 class RedisServer:
     """A redis-server process of our own on a free port."""
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.dir = tempfile.mkdtemp(prefix="woozlit-redis-")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.binary = binary
+        self.binary = redis_binaries().server
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 

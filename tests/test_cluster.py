@@ -1,5 +1,5 @@
 """Accounting on a real Redis Cluster: three primaries with one replica each, started from the
-`redis-server` binary once for this file and flushed between tests.
+`redis-server` binary of tests/redis_binary.py once for this file and flushed between tests.
 
 The gateway reaches it through `redis+cluster://` naming any one node. Every script touches
 one account's keys under one hash tag, so it runs on that account's primary: the accounting
@@ -14,6 +14,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -36,6 +37,7 @@ from tests.conftest import (
     openai_provider,
 )
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
+from tests.redis_binary import RedisBinaries, redis_binaries
 from tests.test_accounting import (
     MESSAGES,
     MODELS,
@@ -61,6 +63,15 @@ def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"Redis Cluster: {what} not reached within {seconds} s")
         time.sleep(0.02)
+
+
+def _can_bind(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass
@@ -90,19 +101,20 @@ class Node:
 class LocalCluster:
     """Six redis-server processes joined into a cluster by `redis-cli --cluster create`."""
 
-    binary: str
+    binaries: RedisBinaries
     root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="woozlit-cluster-"))
     nodes: list[Node] = field(default_factory=list)
 
     def start(self, primaries: int = 3, replicas: int = 1) -> None:
         for i in range(primaries * (1 + replicas)):
-            node = Node(free_port(), free_port(), os.path.join(self.root, str(i)))
+            port, bus_port = self.free_ports()
+            node = Node(port, bus_port, os.path.join(self.root, str(i)))
             os.mkdir(node.dir)
             self.nodes.append(node)
             self.start_node(node)
         for node in self.nodes:
             _wait(node.ping, 10, f"node {node.port} up")
-        cli = shutil.which("redis-cli")
+        cli = self.binaries.cli
         if cli is None:
             raise RuntimeError("redis-cli is not installed (apt-get install redis-tools)")
         nodes = [f"127.0.0.1:{n.port}" for n in self.nodes]
@@ -122,15 +134,27 @@ class LocalCluster:
         )
         self.wait_healthy()
 
+    def free_ports(self) -> tuple[int, int]:
+        """A node's port and its cluster bus port, both free."""
+        if self.binaries.has_cluster_port:
+            return free_port(), free_port()
+        # Redis 6 has no --cluster-port: the bus is port + 10000, which must be free too.
+        for _ in range(1000):
+            port = free_port()
+            if port + 10000 <= 65535 and _can_bind(port + 10000):
+                return port, port + 10000
+        raise RuntimeError("no free port p with p + 10000 free too")
+
     def start_node(self, node: Node) -> None:
+        bus = ["--cluster-port", str(node.bus_port)] if self.binaries.has_cluster_port else []
         node.proc = subprocess.Popen(
             [
-                self.binary,
+                self.binaries.server,
                 *("--port", str(node.port), "--bind", "127.0.0.1", "--dir", node.dir),
                 *("--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"),
                 *("--logfile", os.path.join(node.dir, "redis.log")),
                 *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-                *("--cluster-port", str(node.bus_port)),  # not port + 10000: may be > 65535
+                *bus,  # not port + 10000 where it can be chosen: that may be > 65535
                 *("--cluster-node-timeout", str(NODE_TIMEOUT_MS)),
                 # A replica may take over however long it was cut off: a failover every time.
                 *("--cluster-replica-validity-factor", "0"),
@@ -196,10 +220,7 @@ class LocalCluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    local = LocalCluster(binary)
+    local = LocalCluster(redis_binaries())
     try:
         local.start()
         yield local
