@@ -58,10 +58,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pytest_report_header() -> str:
-    """Which redis-server this run starts (tests/redis_binary.py), in the run's first lines."""
-    found = redis_binaries()
-    return f"redis-server: {found.server} ({found.version_text}, from {found.source})"
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Which redis-server the run started (tests/redis_binary.py), if it started one."""
+    if redis_binaries.cache_info().currsize:
+        found = redis_binaries()
+        terminalreporter.write_line(
+            f"redis-server: {found.server} ({found.version_text}, from {found.source})"
+        )
 
 
 class RedisServer:
