@@ -25,6 +25,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from proxy.app import create_app
 from proxy.config import load_config, parse_config
 from proxy.metrics import Metrics
+from tests.deploy_check import expand_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -458,7 +459,11 @@ def test_prometheus_scrapes_the_gateway_and_loads_the_alerts() -> None:
     assert config_path == DEPLOY / "prometheus" / "prometheus.yml"
     config = load(config_path)
 
-    rule_files = [host_path(prometheus, f) for f in config["rule_files"]]
+    # Prometheus resolves relative rule files against the config file's directory, which is
+    # what lets `promtool check config` pass on the file as shipped (deploy_check runs it).
+    config_dir = flags["--config.file"].rsplit("/", 1)[0]
+    assert all(not f.startswith("/") for f in config["rule_files"]), config["rule_files"]
+    rule_files = [host_path(prometheus, f"{config_dir}/{f}") for f in config["rule_files"]]
     assert rule_files == [ALERTS]
 
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "woozlit"]
@@ -468,6 +473,38 @@ def test_prometheus_scrapes_the_gateway_and_loads_the_alerts() -> None:
     assert host in services and port == "8080"
     # The alert rules select that job.
     assert all('job="woozlit"' in r["expr"] for r in alert_rules() if "up{" in r["expr"])
+
+
+def test_every_service_of_the_gateway_image_checks_its_own_health() -> None:
+    # The image's HEALTHCHECK asks /healthz on 8080: a service that runs something else from
+    # the image (the demo's fake upstream) must bring its own, or it reports unhealthy.
+    services = compose()["services"]
+    image = services["gateway"]["image"]
+    healthz = " ".join(json.loads(final_stage_healthcheck()))
+    others = [n for n, s in services.items() if n != "gateway" and s.get("image") == image]
+    assert others  # the demo's fake upstream
+    for name in others:
+        service = services[name]
+        assert "serve" not in service["command"], name
+        check = service.get("healthcheck")
+        assert check, f"{name} inherits the gateway's HEALTHCHECK"
+        assert check.get("disable") or " ".join(check["test"]) != healthz, name
+        port = re.search(r"--port\W+(\d+)", " ".join(service["command"]))
+        assert check.get("disable") or (port and port.group(1) in " ".join(check["test"])), name
+
+
+def test_the_job_variable_all_selects_only_gateway_jobs() -> None:
+    # Grafana replaces All by the variable's allValue, else by a regex of its values (those
+    # of label_values(woozlit_..., job)): an allValue of .* matched Prometheus's own job, and
+    # "Instances up" counted it.
+    expanded = [expand_variables(q, {"job": ["woozlit"], "model": ["woozlit/gpt-4o"]})
+                for q in dashboard_queries()]  # fmt: skip
+    selectors = [m for q in expanded for m in re.findall(r'job=~"([^"]*)"', q)]
+    assert selectors
+    for regex in selectors:
+        assert re.fullmatch(regex, "woozlit"), regex
+        assert not re.fullmatch(regex, "prometheus"), regex
+    assert any(re.search(r'\bup\{job=~"', q) for q in expanded)
 
 
 def test_grafana_is_provisioned() -> None:
@@ -515,6 +552,13 @@ def copies() -> list[tuple[list[str], str]]:
             *sources, dest = args.split()
             result.append((sources, dest))
     return result
+
+
+def test_the_dockerfile_builds_offline() -> None:
+    # A `# syntax=` parser directive makes BuildKit pull that frontend image from a registry.
+    head = (DEPLOY / "Dockerfile").read_text().splitlines()
+    directives = [line for line in head[:5] if re.match(r"#\s*syntax\s*=", line, re.I)]
+    assert not directives
 
 
 def test_the_dockerfile() -> None:
