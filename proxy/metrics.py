@@ -3,11 +3,20 @@
 The metrics live on the app's own registry (no global state). Labels are bounded: public
 model names come from the config (anything else is "unknown"), providers from the config,
 statuses and reasons from small fixed sets; never a key, an account or a raw path.
+
+A value that depends on the clock is computed when /metrics is scraped, not when something
+happens: `woozlit_deployment_cooldown` is stored as the Unix time its cooldown ends and shown
+as 1 or 0 against the scrape's clock, so it is right at any scrape, without a request to
+update it. Under `serve --workers N` each worker stores its own cooldowns in the multiprocess
+files; the scrape takes the latest end over the live workers (a cooldown in any worker is
+shown) and compares it then.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -19,6 +28,8 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
     0.005,
@@ -40,6 +51,7 @@ LATENCY_BUCKETS = (
 REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+COOLDOWN = "woozlit_deployment_cooldown"
 
 
 class Metrics:
@@ -138,8 +150,9 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
             registry=r,
         )
-        self.cooldowns = Gauge(
-            "woozlit_deployment_cooldown",
+        # Holds the Unix time each cooldown ends: `render` shows 1 before then, else 0.
+        self.cooldown_until = Gauge(
+            COOLDOWN,
             "1 while a deployment is cooled down after repeated failures, else 0.",
             ["provider", "model"],
             registry=r,
@@ -193,11 +206,28 @@ class Metrics:
             ttft_child.observe(ttft)
         overhead_child.observe(overhead)
 
-    def render(self) -> bytes:
-        """The exposition text; under `--workers`, the sum over every worker's files."""
+    def render(self, now: float | None = None) -> bytes:
+        """The exposition text as of `now` (Unix time; default: the clock); under
+        `--workers`, the sum over every worker's files."""
+        source: Collector = self.registry
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if directory:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=directory)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+            source = CollectorRegistry()
+            multiprocess.MultiProcessCollector(source, path=directory)
+        return generate_latest(_AtScrape(source, time.time() if now is None else now))
+
+
+class _AtScrape:
+    """The metrics of `source`, with the cooldowns' end times shown as 1 or 0 at `now`."""
+
+    def __init__(self, source: Collector, now: float):
+        self.source = source
+        self.now = now
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name == COOLDOWN:
+                family.samples = [
+                    s._replace(value=1.0 if s.value > self.now else 0.0) for s in family.samples
+                ]
+            yield family

@@ -4,13 +4,19 @@ Deployments are tried by priority (by default their place in the list); among de
 of equal priority the order is drawn at random by weight, which balances load among them.
 A deployment that fails `cooldown_after_failures` times in a row is cooled down for
 `cooldown_seconds` (a simple circuit breaker): it goes to the end of the order, so it is
-tried only when everything else has failed too.
+tried only when everything else has failed too. A model's only deployment is always tried;
+it still cools down, which the metric shows, as a sign of repeated failures.
+
+The `woozlit_deployment_cooldown` metric is given the cooldown's end (wall clock) when it
+starts, and nothing after: whether the cooldown is still on is decided when /metrics is
+scraped (metrics.py), so the metric returns to 0 on time even if no request comes.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterable
 from itertools import groupby
 
 from proxy.config import Config, Deployment, RoutingConfig
@@ -24,12 +30,13 @@ Route = tuple[tuple[Deployment, Provider], ...]
 class Breaker:
     """Consecutive failures per deployment, and until when each is cooled down."""
 
-    def __init__(self, config: RoutingConfig, metrics: Metrics):
+    def __init__(self, config: RoutingConfig, metrics: Metrics, deployments: Iterable[Deployment]):
         self.threshold = config.cooldown_after_failures
         self.cooldown = config.cooldown_seconds
-        self.metrics = metrics
         self.failures: dict[Deployment, int] = {}
-        self.until: dict[Deployment, float] = {}
+        self.until: dict[Deployment, float] = {}  # time.monotonic()
+        # Every deployment's series exists from the start, at 0: a cooldown is a change.
+        self.gauges = {d: metrics.cooldown_until.labels(d.provider, d.model) for d in deployments}
 
     def cooling(self, deployment: Deployment, now: float) -> bool:
         until = self.until.get(deployment)
@@ -38,7 +45,6 @@ class Breaker:
         if now < until:
             return True
         del self.until[deployment]
-        self.metrics.cooldowns.labels(deployment.provider, deployment.model).set(0)
         return False
 
     def failed(self, deployment: Deployment) -> None:
@@ -47,7 +53,7 @@ class Breaker:
         if count >= self.threshold:
             self.failures[deployment] = 0
             self.until[deployment] = time.monotonic() + self.cooldown
-            self.metrics.cooldowns.labels(deployment.provider, deployment.model).set(1)
+            self.gauges[deployment].set(time.time() + self.cooldown)
 
     def succeeded(self, deployment: Deployment) -> None:
         if self.failures.get(deployment):
@@ -66,7 +72,9 @@ class Router:
             )
             for public, deployments in config.models.items()
         }
-        self.breaker = Breaker(config.routing, metrics)
+        self.breaker = Breaker(
+            config.routing, metrics, (d for route in self.routes.values() for d, _ in route)
+        )
         self.deadline = config.routing.deadline_seconds
 
     def plan(self, public_model: str) -> Route:

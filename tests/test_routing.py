@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -134,6 +136,36 @@ async def test_a_failing_deployment_is_cooled_down(
     assert tried[4:] == ["gpt-4o-mini"] * 3  # the cooled-down deployment is skipped
     metrics = gw.app[METRICS].render().decode()
     assert 'woozlit_deployment_cooldown{model="error-500",provider="good"} 1.0' in metrics
+
+
+async def test_a_cooldown_ends_on_the_scraped_metric_with_no_request_to_end_it(
+    gateway: GatewayFactory, fake_openai: FakeUpstream
+):
+    """A model's only deployment (never planned around) and an idle model of two: each
+    shows 1 while cooled down, and 0 at the first scrape after, with no request between."""
+    models = {
+        "woozlit/only": [{"provider": "good", "model": "error-500"}],
+        "woozlit/m": [
+            {"provider": "dead", "model": "gpt-4o-mini"},
+            {"provider": "good", "model": "gpt-4o-mini"},
+        ],
+    }
+    routing = {**FAST, "cooldown_after_failures": 2, "cooldown_seconds": 0.5}
+    gw = await gateway(providers(fake_openai), models, routing=routing)
+    for _ in range(2):
+        assert (await post(gw, request("woozlit/only")))[0] == 502
+        assert (await post(gw, request("woozlit/m")))[0] == 200
+    only = 'woozlit_deployment_cooldown{model="error-500",provider="good"}'
+    dead = 'woozlit_deployment_cooldown{model="gpt-4o-mini",provider="dead"}'
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gw.base_url + "/metrics") as resp:
+            scraped = await resp.text()
+        assert f"{only} 1.0" in scraped and f"{dead} 1.0" in scraped
+        await asyncio.sleep(0.6)
+        async with session.get(gw.base_url + "/metrics") as resp:
+            scraped = await resp.text()
+    assert f"{only} 0.0" in scraped and f"{dead} 0.0" in scraped
+    assert 'woozlit_deployment_cooldown{model="gpt-4o-mini",provider="good"} 0.0' in scraped
 
 
 async def test_equal_priorities_are_balanced_by_weight(
