@@ -43,7 +43,7 @@ from proxy.chat import chat_completions
 from proxy.config import Config
 from proxy.errors import GatewayError, NotFound
 from proxy.logs import AccessLog
-from proxy.metrics import CONTENT_TYPE, Metrics
+from proxy.metrics import CONTENT_TYPE, REQUEST_LABELS, Metrics
 from proxy.profiles import OPENAI_PREFIX, WOOZLIT_PREFIX, error_response, http_error, render_error
 from proxy.routing import Router
 from proxy.store import open_store
@@ -84,8 +84,9 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
 
     Our id for the request is the response `id` and the accounting id; `x-request-id` echoes
     the client's when it sent a sane one. Every failure becomes an error in the shape of the
-    request's profile (`render_error`) with its status, never a traceback. One middleware
-    rather than three: each layer costs a frame.
+    request's profile (`render_error`) with its status, never a traceback. A chat completion
+    request is counted here, once, with the status it got, whatever refused or failed it
+    (chat.py names its labels). One middleware rather than three: each layer costs a frame.
     """
     started = time.perf_counter()
     request_id = "woozlit-" + secrets.token_hex(12)
@@ -110,6 +111,7 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         response = render_error(request, http_error(exc.status, message, headers))
     except asyncio.CancelledError:
         fields["status"] = 499  # the client went away
+        _count(request, 499)
         _log_access(request, fields, started)
         raise
     except ConnectionResetError:
@@ -124,8 +126,17 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     if request.app[STATE]["draining"]:
         response.force_close()  # no keep-alive while draining: the client reconnects elsewhere
     fields.setdefault("status", response.status)
+    _count(request, response.status)
     _log_access(request, fields, started)
     return response
+
+
+def _count(request: web.Request, status: int) -> None:
+    """A chat completion request in woozlit_requests_total (chat.py labelled it); others not."""
+    labels = request.get(REQUEST_LABELS)
+    if labels is not None:
+        model, provider = labels
+        request.app[METRICS].count_request(model, provider, status)
 
 
 def _log_access(request: web.Request, fields: dict[str, Any], started: float) -> None:

@@ -38,11 +38,14 @@ from proxy.appkeys import (
 from proxy.config import Deployment
 from proxy.errors import BadRequest, GatewayError
 from proxy.idempotency import MAX_KEY_LENGTH, Claim
+from proxy.metrics import NONE, REQUEST_LABELS
 from proxy.profiles import openai_profile
 from proxy.providers.base import ChatRequest, Provider, StreamTranslator, Usage
 from proxy.tokens import estimate_text_tokens, text_weight
 from proxy.upstream import Timing
 from proxy.validation import read_json_object, validate_chat
+
+UNKNOWN = (NONE, NONE)  # the labels of a request refused before its model was known
 
 
 def estimate_completion(payload: dict[str, Any], chat: ChatRequest) -> Usage:
@@ -102,6 +105,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     app = request.app
     config, accountant = app[CONFIG], app[ACCOUNTANT]
     timing = Timing()
+    request[REQUEST_LABELS] = UNKNOWN  # counted by edge_middleware, refused or not
 
     # The key first, as OpenAI does: a caller without a valid key learns nothing more. Known
     # keys are cached, so this costs a Redis call only on a key's first use in this process.
@@ -124,6 +128,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         # A bad request is a request of the key's minute too, and its answer carries the
         # rate-limit headers of every API answer.
         await _refused(request, owner, exc)
+    request[REQUEST_LABELS] = (chat.public_model, NONE)
     if not idempotency_key or chat.stream:
         return await serve(request, owner, chat, timing, None)
 
@@ -240,6 +245,7 @@ async def serve(
         raise
     finally:
         metrics.in_flight.dec()
+        request[REQUEST_LABELS] = (model, provider_name)
         usage = exchange.charge()
         served = exchange.status == "200" or usage.total_tokens > 0  # a request of the month
         if exchange.answer is not None:
@@ -251,8 +257,6 @@ async def serve(
         now = time.perf_counter()
         metrics.request_done(
             model,
-            provider_name,
-            exchange.status,
             chat.stream,
             usage.prompt_tokens,
             usage.completion_tokens,

@@ -1,8 +1,9 @@
 """Every Prometheus metric of the gateway, named here and nowhere else.
 
 The metrics live on the app's own registry (no global state). Labels are bounded: public
-model names come from the config (anything else is "unknown"), providers from the config,
-statuses and reasons from small fixed sets; never a key, an account or a raw path.
+model names and providers come from the config ("none" for a request refused before its
+model or provider was known), statuses and reasons from small fixed sets; never a key, an
+account or a raw path.
 
 A value that depends on the clock is computed when /metrics is scraped, not when something
 happens: `woozlit_deployment_cooldown` is stored as the Unix time its cooldown ends and shown
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -52,17 +54,25 @@ REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 COOLDOWN = "woozlit_deployment_cooldown"
+NONE = "none"  # the model or provider label of a request refused before it had one
+
+# The (model, provider) a chat completion request is counted under, set by chat.py as it
+# learns them; edge_middleware counts the request once, with its status, when it is over.
+REQUEST_LABELS = web.RequestKey[tuple[str, str]]("request_labels")
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        # Label values are bounded (models and providers from the config), so is this.
-        self._children: dict[tuple[str, str, str, bool], tuple[Any, ...]] = {}
+        # Label values are bounded (models and providers from the config), so are these.
+        self._children: dict[tuple[str, bool], tuple[Any, ...]] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
         r = self.registry
         self.requests = Counter(
             "woozlit_requests_total",
-            "Chat completion requests by public model, provider and status.",
+            "Chat completion requests by public model, provider (the last one tried) and "
+            "HTTP status, refusals included (401, 403, 429, 503 at admission, 400...); "
+            'model or provider "none" when the request was refused before it had one.',
             ["model", "provider", "status"],
             registry=r,
         )
@@ -165,11 +175,17 @@ class Metrics:
             registry=r,
         )
 
+    def count_request(self, model: str, provider: str, status: int) -> None:
+        """One chat completion request in `woozlit_requests_total`, once it is over."""
+        key = (model, provider, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(model, provider, status)
+        child.inc()
+
     def request_done(
         self,
         model: str,
-        provider: str,
-        status: str,
         stream: bool,
         prompt_tokens: int,
         completion_tokens: int,
@@ -178,25 +194,24 @@ class Metrics:
         ttft: float | None,
         overhead: float,
     ) -> None:
-        """A chat request's metrics, once it is over.
+        """The tokens and times of a chat request that was admitted, once it is over (it is
+        counted by `count_request`).
 
         The labelled children are looked up once per label set and kept: `labels()` costs
-        about 1.5 us a call (validation, a lock), and a request would make six of them.
+        about 1.5 us a call (validation, a lock), and a request would make five of them.
         """
-        key = (model, provider, status, stream)
+        key = (model, stream)
         children = self._children.get(key)
         if children is None:
             label = "true" if stream else "false"
             children = self._children[key] = (
-                self.requests.labels(model, provider, status),
                 self.tokens.labels(model, "prompt"),
                 self.tokens.labels(model, "completion"),
                 self.duration.labels(model, label),
                 self.ttft.labels(model, label),
                 self.overhead.labels(label),
             )
-        requests, prompt, completion, duration, ttft_child, overhead_child = children
-        requests.inc()
+        prompt, completion, duration, ttft_child, overhead_child = children
         if prompt_tokens:
             prompt.inc(prompt_tokens)
         if completion_tokens:
