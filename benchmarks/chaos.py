@@ -66,7 +66,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import HERE, Harness, Proc, free_port, run_main
+from harness import HERE, Harness, Proc, free_port, redis_server, run_main
 from loadgen import Connection, ProtocolError
 
 MODEL = "woozlit/gpt-4o-mini"
@@ -507,7 +507,7 @@ class Chaos:
         return self.harness.spawn(
             name,
             [
-                "redis-server",
+                redis_server(),
                 "--port",
                 str(self.redis_port),
                 "--bind",

@@ -26,6 +26,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
+def redis_server() -> str:
+    """The redis-server the tests use (tests/redis_binary.py): the machine's on PATH, else the
+    one pip installs; never pip's copy on PATH by mistake (it is Redis 6.2)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.redis_binary import redis_binaries
+
+    return redis_binaries().server
+
+
 def free_port() -> int:
     """A loopback port nobody listens on now (small race: fine for a benchmark)."""
     with socket.socket() as s:
@@ -277,7 +287,7 @@ class Harness:
         proc = self.spawn(
             "redis",
             [
-                "redis-server",
+                redis_server(),
                 "--port",
                 str(port),
                 "--bind",
