@@ -22,6 +22,12 @@ from proxy.workers import WORKER_ENV, supervise
 log = logging.getLogger("proxy")
 
 
+CONFIG_HELP = (
+    f"config file (default: $WOOZLIT_CONFIG, else the table shipped in the package, "
+    f"{DEFAULT_CONFIG_PATH})"
+)
+
+
 def _config_path(given: str | None) -> str:
     return given or os.environ.get("WOOZLIT_CONFIG") or DEFAULT_CONFIG_PATH
 
@@ -68,13 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.path)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return 1
-    print(f"{args.path}: ok ({len(config.providers)} providers, {len(config.models)} models)")
+    path = _config_path(args.config or args.path)
+    config = _load(path)
+    print(f"{path}: ok ({len(config.providers)} providers, {len(config.models)} models)")
     return 0
 
 
@@ -183,9 +185,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the gateway")
-    s.add_argument(
-        "--config", help=f"config file (default $WOOZLIT_CONFIG or {DEFAULT_CONFIG_PATH})"
-    )
+    s.add_argument("--config", help=CONFIG_HELP)
     s.add_argument("--host")
     # Bounded here: uvloop binds a port past 65535 modulo 65536, and a negative port or
     # number of workers would end in a traceback or be ignored.
@@ -198,7 +198,8 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("check-config", help="validate a config file")
-    c.add_argument("path")
+    c.add_argument("--config", help=CONFIG_HELP)
+    c.add_argument("path", nargs="?", help="the same as --config (the older form)")
     c.set_defaults(func=cmd_check_config)
 
     m = sub.add_parser(
@@ -206,9 +207,7 @@ def parser() -> argparse.ArgumentParser:
         help="ask each provider's model list for the models the config routes to; "
         "exit 1 when one is missing or a provider could not be asked",
     )
-    m.add_argument(
-        "--config", help=f"config file (default $WOOZLIT_CONFIG or {DEFAULT_CONFIG_PATH})"
-    )
+    m.add_argument("--config", help=CONFIG_HELP)
     m.set_defaults(func=cmd_check_models)
 
     a = sub.add_parser("account", help="create, show or update an account")
@@ -239,12 +238,14 @@ def parser() -> argparse.ArgumentParser:
     u.set_defaults(func=cmd_admin)
 
     for admin_parser in (a, kc, kl, kr, u):
-        admin_parser.add_argument("--config", help="config file (for the tiers)")
+        admin_parser.add_argument("--config", help=CONFIG_HELP + "; for the tiers")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "check-config" and args.config and args.path:
+        parser().error("check-config takes the file once: --config FILE or FILE")
     if args.command == "account" and args.action in ("show", "update") and not args.id:
         parser().error(f"account {args.action} needs an account id")
     return int(args.func(args))

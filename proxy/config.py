@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -20,7 +21,9 @@ import yaml
 
 PUBLIC_PREFIX = "woozlit/"
 PROVIDER_KINDS = ("openai", "anthropic", "gemini")
-DEFAULT_CONFIG_PATH = "config/woozlit.yaml"
+# The routing table shipped inside the package (config/woozlit.yaml in the repository is a
+# link to it), so that every command finds it from any directory and in any install.
+DEFAULT_CONFIG_PATH = str(resources.files("proxy") / "woozlit.yaml")
 
 # Hosts of the public APIs: a provider pointed at one of these must have a key. A provider
 # pointed elsewhere (a local vLLM or Ollama server, a test double) may run without one.

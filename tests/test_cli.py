@@ -1,0 +1,109 @@
+"""`woozlit-proxy` as a new user runs it: from any directory, on the routing table shipped in
+the package; `serve` with the embedded store reachable from this machine only; a port still
+held is one line and exit status 1, with nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from proxy.config import DEFAULT_CONFIG_PATH
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTENING = "woozlit-proxy: listening on "
+
+
+def environ(redis_url: str | None = None, **extra: str) -> dict[str, str]:
+    """The test's environment without WOOZLIT_*; the package importable from anywhere."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WOOZLIT_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["PYTHONPATH"] = str(ROOT)  # as an installed package is
+    if redis_url:
+        env["WOOZLIT_REDIS_URL"] = redis_url
+    return {**env, **extra}
+
+
+async def run(*args: str, cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `python -X dev -m proxy ARGS`; killed after 30 s."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-X", "dev", "-m", "proxy", *args, cwd=cwd, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(f"still running after 30 s: {out!r} {err!r}") from None
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+# -- the shipped routing table -----------------------------------------------------------
+
+
+def test_the_repository_config_is_the_package_s_table() -> None:
+    """One file, not two copies: config/woozlit.yaml is the table the package ships."""
+    assert Path(DEFAULT_CONFIG_PATH).is_absolute()
+    assert (ROOT / "config" / "woozlit.yaml").resolve() == Path(DEFAULT_CONFIG_PATH).resolve()
+
+
+def one_model_less(path: Path) -> Path:
+    """The shipped table without woozlit/gpt-4o, written to `path`."""
+    table = yaml.safe_load(Path(DEFAULT_CONFIG_PATH).read_text())
+    del table["models"]["woozlit/gpt-4o"]
+    path.write_text(yaml.safe_dump(table))
+    return path
+
+
+async def test_check_config_from_any_directory(tmp_path: Path) -> None:
+    other = one_model_less(tmp_path / "other.yaml")
+    env = environ()
+
+    rc, out, err = await run("check-config", cwd=tmp_path, env=env)
+    assert (rc, err) == (0, ""), err
+    assert out == f"{DEFAULT_CONFIG_PATH}: ok (4 providers, 12 models)\n"
+
+    # --config, $WOOZLIT_CONFIG, and the path as an argument (as before) name another file.
+    for args, extra in [
+        (["--config", str(other)], {}),
+        ([], {"WOOZLIT_CONFIG": str(other)}),
+        ([str(other)], {}),
+        (["--config", str(other)], {"WOOZLIT_CONFIG": str(tmp_path / "missing.yaml")}),
+    ]:
+        rc, out, err = await run("check-config", *args, cwd=tmp_path, env={**env, **extra})
+        assert (rc, out, err) == (0, f"{other}: ok (4 providers, 11 models)\n", ""), args
+
+    rc, out, err = await run(
+        "check-config", "--config", str(tmp_path / "missing.yaml"), cwd=tmp_path, env=env
+    )
+    assert rc == 1 and out == ""
+    assert err.startswith(f"{tmp_path / 'missing.yaml'}: cannot read")
+
+
+async def test_admin_commands_from_any_directory(tmp_path: Path, redis_url: str) -> None:
+    rc, out, err = await run(
+        "account", "create", "--tier", "free", cwd=tmp_path, env=environ(redis_url)
+    )
+    assert rc == 0, err
+    assert yaml.safe_load(out)["tier"] == "free"
+
+
+async def test_serve_from_any_directory(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--port", "0", cwd=tmp_path, env=environ(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(15):
+            lines = [(await proc.stdout.readline()).decode() for _ in range(2)]
+        assert lines[0].startswith("woozlit-proxy: bootstrap developer key: woozlit_"), lines
+        assert lines[1].startswith(LISTENING), lines
+    finally:
+        proc.kill()
+        await proc.communicate()
