@@ -47,9 +47,11 @@ def _load(path: str) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(_config_path(args.config))
     setup_logging(os.environ.get("WOOZLIT_LOG_LEVEL", config.log_level).upper())
-    host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     shared_store = bool(os.environ.get("WOOZLIT_REDIS_URL"))
+    # --host, else server.host, else by the store: the embedded one prints a key to an
+    # unlimited account and keeps nothing, so only this machine may connect to it.
+    host = args.host or config.server.host or ("0.0.0.0" if shared_store else "127.0.0.1")
     # One worker per core by default; the embedded store lives in one process, so one there.
     workers = args.workers or ((os.cpu_count() or 1) if shared_store else 1)
     if workers > 1 and WORKER_ENV not in os.environ:
@@ -186,7 +188,11 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the gateway")
     s.add_argument("--config", help=CONFIG_HELP)
-    s.add_argument("--host")
+    s.add_argument(
+        "--host",
+        help="address to listen on (default: the config's server.host, else 0.0.0.0 with "
+        "WOOZLIT_REDIS_URL and 127.0.0.1 with the embedded store)",
+    )
     # Bounded here: uvloop binds a port past 65535 modulo 65536, and a negative port or
     # number of workers would end in a traceback or be ignored.
     s.add_argument("--port", type=_integer(0, 65535))

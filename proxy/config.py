@@ -108,7 +108,8 @@ class Tier:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    host: str = "0.0.0.0"
+    # None: chosen at start by the store (proxy/__main__.py): 127.0.0.1 with the embedded one.
+    host: str | None = None
     port: int = 8080
     max_body_bytes: int = 4 * 1024 * 1024
     default_temperature: float = 0.7
@@ -503,7 +504,9 @@ class _Parser:
         d = ServerConfig()
         names = [f.name for f in fields(ServerConfig)]
         spec = self.mapping(node, "server", set(names))
-        values: dict[str, Any] = {"host": self.string(spec.get("host", d.host), "server.host")}
+        values: dict[str, Any] = {
+            "host": self.string(spec["host"], "server.host") if "host" in spec else d.host
+        }
         origins = spec.get("cors_origins", list(d.cors_origins))
         if not isinstance(origins, list) or not all(isinstance(o, str) and o for o in origins):
             self.error("server.cors_origins", 'must be a list of origins (or ["*"])')

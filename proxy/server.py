@@ -11,6 +11,7 @@ whose `handle_error` is ours (tests/test_hostile.py's corpus guards it across up
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -107,7 +108,10 @@ async def serve(config: Config, host: str, port: int) -> None:
         # newcomer can call the gateway at once. Only here, never in logs.
         print(f"woozlit-proxy: bootstrap developer key: {app[BOOTSTRAP_KEY]}", flush=True)
     if worker is None:  # the supervisor announces a pool of workers itself
-        print(f"woozlit-proxy: listening on http://{host}:{bound}", flush=True)
+        local = redis_url is None and _loopback(host)
+        note = " (embedded store: only this machine can connect; --host 0.0.0.0 opens it)"
+        print(f"woozlit-proxy: listening on http://{host}:{bound}{note if local else ''}",
+              flush=True)  # fmt: skip
 
     await stop.wait()
     # Graceful drain: readiness fails at once; new connections are still served for a short
@@ -122,3 +126,10 @@ async def serve(config: Config, host: str, port: int) -> None:
     collections.cancel()
     gc_policy.uninstall()
     log.info("stopped")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

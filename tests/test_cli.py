@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
 import sys
+import uuid
 from pathlib import Path
 
+import pytest
 import yaml
 
 from proxy.config import DEFAULT_CONFIG_PATH
+from tests.conftest import DEFAULT_TIERS, eventually, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = "woozlit-proxy: listening on "
@@ -41,6 +46,31 @@ async def run(*args: str, cwd: Path, env: dict[str, str]) -> tuple[int, str, str
         raise AssertionError(f"still running after 30 s: {out!r} {err!r}") from None
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def tagged(tag: str) -> list[int]:
+    """Processes whose environment carries WOOZLIT_TEST_TAG=tag (ours and their children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f"WOOZLIT_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on `port` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hexport = local.split(":")
+        if state == "0A" and int(hexport, 16) == port:
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
 
 
 # -- the shipped routing table -----------------------------------------------------------
@@ -107,3 +137,80 @@ async def test_serve_from_any_directory(tmp_path: Path) -> None:
     finally:
         proc.kill()
         await proc.communicate()
+
+
+# -- which address serve binds -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("store", "in_config", "flag", "bound"),
+    [
+        ("embedded", None, None, "127.0.0.1"),
+        ("redis", None, None, "0.0.0.0"),
+        ("embedded", "0.0.0.0", None, "0.0.0.0"),
+        ("redis", "127.0.0.1", None, "127.0.0.1"),
+        ("embedded", "0.0.0.0", "127.0.0.1", "127.0.0.1"),
+        ("redis", None, "127.0.0.1", "127.0.0.1"),
+    ],
+    ids=[
+        "embedded-loopback",
+        "redis-all",
+        "embedded-config-wins",
+        "redis-config-wins",
+        "flag-wins-over-config",
+        "flag-wins-over-store",
+    ],
+)
+async def test_serve_binds(
+    store: str,
+    in_config: str | None,
+    flag: str | None,
+    bound: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """--host, else the config's server.host, else 127.0.0.1 with the embedded store (which
+    prints a key to an unlimited account) and 0.0.0.0 with Redis."""
+    server: dict = {"shutdown_grace_seconds": 0}
+    if in_config:
+        server["host"] = in_config
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "providers": {"local": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+                "models": {"woozlit/m": [{"provider": "local", "model": "m"}]},
+                "tiers": DEFAULT_TIERS,
+                "server": server,
+            }
+        )
+    )
+    redis_url = request.getfixturevalue("redis_url") if store == "redis" else None
+    port = free_port()
+    # Two workers with Redis: the default (one per core) binds through the supervisor too.
+    args = ["serve", "--config", str(path), "--port", str(port)]
+    args += ["--workers", "2"] if store == "redis" else []
+    args += ["--host", flag] if flag else []
+    tag = uuid.uuid4().hex
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", *args, cwd=tmp_path,
+        env=environ(redis_url, WOOZLIT_TEST_TAG=tag),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(15):
+            while not (line := (await proc.stdout.readline()).decode()).startswith(LISTENING):
+                assert line, "exited before listening"
+        assert line.startswith(f"{LISTENING}http://{bound}:{port}"), line
+        # The line says when only this machine can connect, and why.
+        local = "(embedded store: only this machine can connect;" in line
+        assert local == (store == "embedded" and bound == "127.0.0.1"), line
+        await eventually(lambda: listening_addresses(port) == {bound})
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            assert await proc.wait() == 0
+    finally:
+        for pid in tagged(tag):
+            os.kill(pid, signal.SIGKILL)
+        await proc.wait()
