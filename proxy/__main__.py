@@ -64,14 +64,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
         worker_args = ["--config", _config_path(args.config), "--host", host, "--port", str(port)]
         return supervise(worker_args, workers, host, port)
-    from proxy.server import serve
+    from proxy.server import CannotListen, serve
 
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional on other platforms
-        asyncio.run(serve(config, host, port))
+        run = asyncio.run
     else:
-        uvloop.run(serve(config, host, port))
+        run = uvloop.run
+    try:
+        run(serve(config, host, port))
+    except CannotListen as exc:
+        print(exc, file=sys.stderr)
+        return 1
     return 0
 
 

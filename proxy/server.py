@@ -25,7 +25,7 @@ from proxy.app import SERVER, create_app
 from proxy.appkeys import BOOTSTRAP_KEY, STATE
 from proxy.config import Config
 from proxy.profiles import error_response
-from proxy.workers import WORKER_ENV
+from proxy.workers import WORKER_ENV, cannot_listen
 
 log = logging.getLogger("proxy")
 
@@ -78,15 +78,14 @@ class GatewayRunner(web.AppRunner):
         return server
 
 
+class CannotListen(Exception):
+    """The address could not be bound; the message says why, in one line."""
+
+
 async def serve(config: Config, host: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully."""
+    """Serve until SIGTERM or SIGINT, then drain gracefully; CannotListen if it cannot bind."""
     redis_url = os.environ.get("WOOZLIT_REDIS_URL") or None
     app = create_app(config, redis_url=redis_url, admin_token=os.environ.get("WOOZLIT_ADMIN_TOKEN"))
-    if redis_url is None:
-        log.warning(
-            "no WOOZLIT_REDIS_URL: using the embedded in-process store "
-            "(single process only, nothing persisted)"
-        )
     runner = GatewayRunner(app, drain_seconds=config.server.drain_seconds)
     await runner.setup()
     # Before listening: a process that takes requests always drains on SIGTERM (and one that
@@ -97,7 +96,16 @@ async def serve(config: Config, host: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     worker = os.environ.get(WORKER_ENV)
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=worker is not None)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # the port in use, an address not ours, a privileged port
+        await runner.cleanup()  # the upstream session and the store, opened by setup()
+        raise CannotListen(cannot_listen(host, port, exc)) from None
+    if redis_url is None:
+        log.warning(
+            "no WOOZLIT_REDIS_URL: using the embedded in-process store "
+            "(single process only, nothing persisted)"
+        )
     # Full collections scan only what is new: pauses stay short under many open streams.
     gc_policy.install()
     collections = asyncio.create_task(gc_policy.collections())

@@ -10,6 +10,7 @@ worker writes its values to files in one directory, and /metrics on any worker s
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -29,6 +30,10 @@ def supervise(worker_args: list[str], workers: int, host: str, port: int) -> int
     """Run `workers` copies of `woozlit-proxy serve <worker_args>` until SIGTERM; exit code."""
     from prometheus_client import multiprocess
 
+    problem = _bind_error(host, port)
+    if problem is not None:  # before any worker: none would bind, each restarted forever
+        print(cannot_listen(host, port, problem), file=sys.stderr, flush=True)
+        return 1
     metrics_dir = tempfile.mkdtemp(prefix="woozlit-metrics-")
     base_env = {**os.environ, METRICS_DIR_ENV: metrics_dir}
     command = [sys.executable, "-m", "proxy", "serve", *worker_args]
@@ -95,3 +100,27 @@ def _listening(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """The one line that says why `host:port` cannot be bound."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"woozlit-proxy: port {port} is in use"
+    return f"woozlit-proxy: cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why the pool could not bind `host:port`, or None. Without SO_REUSEPORT, as our workers
+    bind, a port still held by anything (an older pool too) is refused here, not shared."""
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # as asyncio's create_server binds it
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+    except OSError as exc:
+        return exc
+    return None

@@ -33,9 +33,10 @@ def environ(redis_url: str | None = None, **extra: str) -> dict[str, str]:
 
 
 async def run(*args: str, cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `python -X dev -m proxy ARGS`; killed after 30 s."""
+    """(exit status, stdout, stderr) of `python -W default -m proxy ARGS`, which shows
+    ResourceWarnings (an unclosed socket, say); killed after 30 s."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-X", "dev", "-m", "proxy", *args, cwd=cwd, env=env,
+        sys.executable, "-W", "default", "-m", "proxy", *args, cwd=cwd, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -214,3 +215,38 @@ async def test_serve_binds(
         for pid in tagged(tag):
             os.kill(pid, signal.SIGKILL)
         await proc.wait()
+
+
+# -- a port still held -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("workers", "holder_reuses_port"),
+    [(1, False), (2, False), (2, True)],
+    ids=["one-process", "two-workers", "two-workers-port-held-by-a-pool"],
+)
+async def test_a_port_in_use_is_one_line_and_exit_1(
+    workers: int, holder_reuses_port: bool, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """No traceback, no "Unclosed client session", no worker left behind, no worker joining
+    a port that another pool (SO_REUSEPORT, as our workers bind) still serves."""
+    holder = socket.socket()
+    if holder_reuses_port:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    redis_url = request.getfixturevalue("redis_url") if workers > 1 else None
+    tag = uuid.uuid4().hex
+    try:
+        rc, out, err = await run(
+            *("serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
+            cwd=tmp_path,
+            env=environ(redis_url, WOOZLIT_TEST_TAG=tag),
+        )
+        assert (rc, out, err) == (1, "", f"woozlit-proxy: port {port} is in use\n")
+        assert tagged(tag) == []
+    finally:
+        holder.close()
+        for pid in tagged(tag):
+            os.kill(pid, signal.SIGKILL)
