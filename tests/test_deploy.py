@@ -585,7 +585,7 @@ def test_the_dockerfile() -> None:
     for sources, _ in copies():
         for source in sources:
             assert (ROOT / source).exists(), source
-    (dest,) = [dest for sources, dest in copies() if sources == ["config/woozlit.yaml"]]
+    (dest,) = [dest for sources, dest in copies() if sources == ["proxy/woozlit.yaml"]]
     assert f"WOOZLIT_CONFIG={dest}" in final["ENV"].split()
 
 
