@@ -226,8 +226,13 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("id", nargs="?", help="account id (show, update)")
     a.add_argument("--email")
     a.add_argument("--tier")
-    a.add_argument("--developer", type=_bool)
-    a.add_argument("--disabled", type=_bool)
+    a.add_argument(
+        "--developer",
+        type=_bool,
+        metavar="true|false",
+        help="may use the API (a new account may not until this is true)",
+    )
+    a.add_argument("--disabled", type=_bool, metavar="true|false")
     a.add_argument("--monthly-token-limit", type=int, help="-1: back to the tier's value")
     a.add_argument("--requests-per-minute", type=int, help="-1: back to the tier's value")
     a.set_defaults(func=cmd_admin)

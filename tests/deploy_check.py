@@ -38,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import traceback
@@ -126,12 +127,27 @@ def run(*cmd: str | Path, cwd: Path = ROOT, timeout: float = 120) -> str:
     return out
 
 
+def _which(tool: str) -> str | None:
+    """`tool` on PATH, or among this interpreter's scripts (a venv not activated)."""
+    return shutil.which(tool) or shutil.which(tool, path=sysconfig.get_path("scripts"))
+
+
 def need(tool: str) -> str:
     """The path of a command-line tool, installing it when allowed."""
-    found = shutil.which(tool)
+    found = _which(tool)
     if found:
         return found
-    if tool in ("promtool", "prometheus"):
+    if tool == "kubectl":
+        what, install = (
+            "apt package kubectl",
+            [
+                "sh",
+                "-c",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+                "apt-get install -y -qq kubectl >/dev/null",
+            ],
+        )
+    elif tool in ("promtool", "prometheus"):
         what, install = (
             "apt package prometheus",
             [
@@ -152,7 +168,7 @@ def need(tool: str) -> str:
             ],
         )
     elif tool in PIP_TOOLS:
-        what = f"pip package {PIP_TOOLS[tool]} (pip install -e '.[deploy]')"
+        what = f"pip package {PIP_TOOLS[tool]} (all of them: pip install -e '.[deploy]')"
         install = [sys.executable, "-m", "pip", "install", "-q", PIP_TOOLS[tool]]
     else:
         raise Failed(f"{tool} is not installed")
@@ -160,7 +176,7 @@ def need(tool: str) -> str:
         raise Failed(f"{tool} is not installed: install the {what}")
     print(f"  installing {what} for {tool}", flush=True)
     subprocess.run(install, check=True)
-    found = shutil.which(tool)
+    found = _which(tool)
     if not found:
         raise Failed(f"{tool} is still missing after installing the {what}")
     return found
