@@ -70,7 +70,7 @@ class Claim:
         )
         if taken:
             return None
-        value = await self.store.command("get", self.redis_key)
+        value: str | None = await self.store.command("get", self.redis_key)
         if value is None:  # expired between the two calls: take it now
             return await self.begin()
         state, _, rest = value.partition(":")

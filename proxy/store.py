@@ -172,7 +172,7 @@ class Store:
         """
         month = self.month()
         for _ in range(2):
-            reply = await self.call(name, keys_for_month(month), [month, *args])
+            reply: list[Any] = await self.call(name, keys_for_month(month), [month, *args])
             if reply[0] != "month":
                 return reply
             month = reply[1]

@@ -833,8 +833,9 @@ class GeminiProvider(Provider):
 
     def error_message(self, payload: Any) -> str | None:
         error = _error_object(payload)
-        if error is not None and isinstance(error.get("message"), str):
-            return error["message"]
+        message = error.get("message") if error is not None else None
+        if isinstance(message, str):
+            return message
         return super().error_message(payload)
 
     def error_from_response(
