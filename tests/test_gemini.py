@@ -871,13 +871,6 @@ def test_rate_limit_is_503_with_retry_after(headers, details, retry_after):
     assert error.headers == {"Retry-After": retry_after}
 
 
-def test_error_message_reads_google_shapes():
-    p = provider()
-    assert p.error_message(orjson.loads(KEY_INVALID)).startswith("API key not valid")
-    assert p.error_message([{"error": {"message": "listed"}}]) == "listed"
-    assert p.error_message({"nothing": 1}) is None
-
-
 # -- the provider against the fake Google ----------------------------------------------------
 
 

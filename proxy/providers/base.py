@@ -173,11 +173,6 @@ class Provider(ABC):
     def stream_translator(self, chat: ChatRequest) -> StreamTranslator:
         """A fresh translator for one stream."""
 
-    def error_message(self, payload: Any) -> str | None:
-        """The human message inside an upstream error body, if any."""
-        message = openai_error_object(payload).get("message")
-        return message if isinstance(message, str) else None
-
     def error_from_response(
         self, status: int, body: bytes, headers: dict[str, str]
     ) -> GatewayError:

@@ -831,13 +831,6 @@ class GeminiProvider(Provider):
     def stream_translator(self, chat: ChatRequest) -> StreamTranslator:
         return GeminiStream(chat, self)
 
-    def error_message(self, payload: Any) -> str | None:
-        error = _error_object(payload)
-        message = error.get("message") if error is not None else None
-        if isinstance(message, str):
-            return message
-        return super().error_message(payload)
-
     def error_from_response(
         self, status: int, body: bytes, headers: dict[str, str]
     ) -> GatewayError:
