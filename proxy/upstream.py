@@ -250,6 +250,7 @@ class Upstream:
                             out = await self._start(request, headers, timing)
                         await send(KEEPALIVE)
                         continue
+                    progressed = False
                     for event in parser.feed(data) if data else parser.close():
                         if event.comment:
                             # A sign of life for the client once the headers are out: ours,
@@ -258,11 +259,13 @@ class Upstream:
                             if out is not None:
                                 frames.append(KEEPALIVE)
                             continue
-                        watchdog.progress()
+                        progressed = True
                         for chunk in translator.feed(event):
                             chunk.update(stamp)
                             usage_sent = usage_sent or bool(chunk.get("usage"))
                             frames.append(frame(orjson.dumps(chunk)))
+                    if progressed:
+                        watchdog.progress()  # once a read, not once an event
                     if not data:
                         break
                     if frames:
