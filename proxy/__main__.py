@@ -101,7 +101,7 @@ def cmd_check_models(args: argparse.Namespace) -> int:
 async def _admin(args: argparse.Namespace) -> Any:
     from redis.exceptions import RedisClusterException
 
-    from proxy.accounts import Accounts
+    from proxy.admin.accounts import Accounts
     from proxy.metrics import Metrics
     from proxy.store import Store, connect
 

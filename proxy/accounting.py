@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from proxy import auth, keys
+from proxy import api_keys
 from proxy.config import Config
+from proxy.core import Usage
 from proxy.errors import (
     Forbidden,
     QuotaExceeded,
@@ -42,8 +43,7 @@ from proxy.errors import (
     Unauthorized,
 )
 from proxy.metrics import Metrics
-from proxy.providers.base import Usage
-from proxy.store import Store
+from proxy.store import Store, keys
 
 log = logging.getLogger("proxy.accounting")
 
@@ -141,11 +141,11 @@ class Accountant:
     async def identify(self, authorization: str | None) -> tuple[str, str]:
         """(account id, key id) of the request's key; 401 when it is malformed or unknown."""
         try:
-            key = auth.bearer_key(authorization)
+            key = api_keys.bearer_key(authorization)
         except Unauthorized:
             self._decisions["auth"].inc()
             raise
-        digest = auth.digest(key)
+        digest = api_keys.digest(key)
         owner = self._owners.get(digest)
         if owner is None:
             try:

@@ -20,11 +20,11 @@ import aiohttp_cors
 import orjson
 from aiohttp import web
 
-from proxy import admin
 from proxy.accounting import Accountant, Admission
-from proxy.accounts import Accounts, next_month_start
-from proxy.admin import Handler
-from proxy.appkeys import (
+from proxy.admin import api as admin_api
+from proxy.admin.accounts import Accounts, next_month_start
+from proxy.admin.api import Handler
+from proxy.app_state import (
     ACCESS,
     ACCESS_LOG,
     ACCOUNTANT,
@@ -305,7 +305,7 @@ def create_app(
             ("GET", prefix + "/usage", key_usage),
         ]
     if admin_token:
-        routes += admin.routes(admin_token)
+        routes += admin_api.routes(admin_token)
     for method, path, handler in routes:
         app.router.add_route(method, path, handler, expect_handler=expect_handler)
     _add_api_routes(app, config.server.cors_origins, api)

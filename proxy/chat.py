@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import orjson
 from aiohttp import web
 
-from proxy.appkeys import (
+from proxy.app_state import (
     ACCESS,
     ACCOUNTANT,
     CONFIG,
@@ -36,12 +36,13 @@ from proxy.appkeys import (
     X_REQUEST_ID,
 )
 from proxy.config import Deployment
+from proxy.core import ChatRequest, Usage
 from proxy.errors import BadRequest, GatewayError
+from proxy.estimates import estimate_text_tokens, text_weight
 from proxy.idempotency import MAX_KEY_LENGTH, Claim
 from proxy.metrics import NONE, REQUEST_LABELS
 from proxy.profiles import openai_profile
-from proxy.providers.base import ChatRequest, Provider, StreamTranslator, Usage
-from proxy.tokens import estimate_text_tokens, text_weight
+from proxy.providers.base import Provider, StreamTranslator
 from proxy.upstream import Timing
 from proxy.validation import read_json_object, validate_chat
 

@@ -17,9 +17,8 @@ import hashlib
 import logging
 import secrets
 
-from proxy import keys
 from proxy.errors import Conflict, IdempotencyMismatch, ServiceUnavailable
-from proxy.store import Store
+from proxy.store import Store, keys
 
 log = logging.getLogger("proxy.idempotency")
 

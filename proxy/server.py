@@ -22,7 +22,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy import gc_policy
 from proxy.app import SERVER, create_app
-from proxy.appkeys import BOOTSTRAP_KEY, STATE
+from proxy.app_state import BOOTSTRAP_KEY, STATE
 from proxy.config import Config
 from proxy.profiles import error_response
 from proxy.workers import WORKER_ENV, cannot_listen

@@ -29,10 +29,11 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from proxy.core import ChatRequest, Usage
 from proxy.errors import GatewayError, UpstreamError, UpstreamTimeout
 from proxy.metrics import Metrics
 from proxy.profiles import stream_error
-from proxy.providers.base import ChatRequest, Provider, StreamTranslator, UpstreamRequest, Usage
+from proxy.providers.base import Provider, StreamTranslator, UpstreamRequest
 from proxy.sse import DONE, SSEParser, frame
 
 BIG_BODY = 1 << 20

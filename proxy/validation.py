@@ -15,9 +15,9 @@ import orjson
 from aiohttp import web
 
 from proxy.config import PUBLIC_PREFIX
+from proxy.core import ChatRequest
 from proxy.errors import BadRequest, PayloadTooLarge, RequestTimeout
-from proxy.providers.base import ChatRequest
-from proxy.tokens import estimate_prediction_tokens, estimate_prompt_tokens
+from proxy.estimates import estimate_prediction_tokens, estimate_prompt_tokens
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 

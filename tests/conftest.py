@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
-from proxy.appkeys import ACCOUNTS
+from proxy.app_state import ACCOUNTS
 from proxy.config import parse_config
 from proxy.server import GatewayRunner
 from tests.fakes.openai_upstream import Record, create_fake_openai

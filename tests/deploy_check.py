@@ -458,7 +458,7 @@ def prometheus_config(live: Live) -> dict[str, Any]:
 
 
 async def create_keys(redis_url: str, config: dict[str, Any]) -> dict[str, str]:
-    from proxy.accounts import Accounts
+    from proxy.admin.accounts import Accounts
     from proxy.config import parse_config
     from proxy.metrics import Metrics
     from proxy.store import open_store

@@ -13,8 +13,8 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.appkeys import ACCOUNTANT, ACCOUNTS
-from proxy.tokens import estimate_prompt_tokens
+from proxy.app_state import ACCOUNTANT, ACCOUNTS
+from proxy.estimates import estimate_prompt_tokens
 from tests.conftest import (
     FakeUpstream,
     Gateway,

@@ -19,10 +19,10 @@ from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
 from proxy.config import Deployment, ProviderConfig, Timeouts
+from proxy.core import ChatRequest
 from proxy.errors import BadRequest, ServiceUnavailable, UpstreamError
 from proxy.providers import build_provider
 from proxy.providers.anthropic import AnthropicProvider, AnthropicStream
-from proxy.providers.base import ChatRequest
 from proxy.sse import SSEEvent, SSEParser
 from tests.fakes.anthropic_upstream import (
     FAKE,

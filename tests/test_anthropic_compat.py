@@ -636,7 +636,7 @@ def test_error_types_without_a_status(
 
 
 def _chat() -> Any:
-    from proxy.providers.base import ChatRequest
+    from proxy.core import ChatRequest
 
     return ChatRequest(
         body={"model": MODEL, "messages": USER},

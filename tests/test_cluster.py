@@ -26,8 +26,8 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from proxy import keys
-from proxy.appkeys import ACCOUNTANT, STORE
+from proxy.app_state import ACCOUNTANT, STORE
+from proxy.store import keys
 from tests.conftest import (
     ADMIN_TOKEN,
     FakeUpstream,

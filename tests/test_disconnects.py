@@ -8,7 +8,7 @@ import resource
 
 import aiohttp
 
-from proxy.appkeys import ACCOUNTANT, ACCOUNTS, METRICS, UPSTREAM
+from proxy.app_state import ACCOUNTANT, ACCOUNTS, METRICS, UPSTREAM
 from tests.conftest import FakeUpstream, GatewayFactory, eventually, openai_provider
 
 STREAMS = 1000

@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.config import Deployment, ProviderConfig, Timeouts
+from proxy.core import ChatRequest
 from proxy.errors import (
     BadRequest,
     ModelUnavailable,
@@ -25,7 +26,6 @@ from proxy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from proxy.providers.base import ChatRequest
 from proxy.providers.gemini import GeminiProvider, GeminiStream
 from proxy.sse import SSEEvent, SSEParser
 from tests.fakes.gemini_upstream import (

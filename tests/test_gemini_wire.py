@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.config import Deployment, ProviderConfig, Timeouts
-from proxy.providers.base import ChatRequest
+from proxy.core import ChatRequest
 from proxy.providers.gemini import DUMMY_SIGNATURE, GeminiProvider
 from tests.fakes.gemini_upstream import FAKE_GEMINI, SCENARIOS, FakeGemini, create_fake_gemini
 from tests.openai_types import check_chunks, check_completion, sse_chunks

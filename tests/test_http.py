@@ -20,7 +20,7 @@ import orjson
 import pytest
 from multidict import CIMultiDictProxy
 
-from proxy.appkeys import UPSTREAM
+from proxy.app_state import UPSTREAM
 from tests.conftest import (
     ADMIN_TOKEN,
     FakeUpstream,

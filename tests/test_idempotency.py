@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from proxy.appkeys import ACCOUNTANT, ACCOUNTS
+from proxy.app_state import ACCOUNTANT, ACCOUNTS
 from tests.conftest import (
     FakeUpstream,
     GatewayFactory,
@@ -179,7 +179,7 @@ async def test_a_client_that_leaves_while_its_key_is_taken_leaves_it_free(
 ):
     """The key was taken in Redis, but the client left before we heard so: the key is given
     back, and the retry runs (not a 409 until the pending marker expires)."""
-    from proxy.appkeys import STORE
+    from proxy.app_state import STORE
 
     gw = await gateway({"openai": openai_provider(fake_openai.url)}, MODELS, redis_url=redis_url)
     store = gw.app[STORE]

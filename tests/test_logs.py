@@ -8,7 +8,7 @@ import tempfile
 import aiohttp
 import orjson
 
-from proxy.appkeys import ACCESS_LOG
+from proxy.app_state import ACCESS_LOG
 from tests.conftest import FakeUpstream, GatewayFactory, openai_provider
 
 PROMPT = "my secret prompt text"

@@ -12,11 +12,10 @@ from datetime import UTC, datetime
 import fakeredis
 import pytest
 
-from proxy import keys
-from proxy.accounts import Accounts
+from proxy.admin.accounts import Accounts
 from proxy.config import parse_config
 from proxy.metrics import Metrics
-from proxy.store import Store, open_store
+from proxy.store import Store, keys, open_store
 
 TIERS = {
     "free": {"monthly_tokens": 1000, "requests_per_minute": 3},
@@ -434,8 +433,8 @@ async def test_a_settle_whose_reply_was_lost_is_charged_once(store, account, mon
     """The first try runs but its reply is lost (a timeout): the retry charges nothing."""
     from proxy import accounting
     from proxy.accounting import Accountant
+    from proxy.core import Usage
     from proxy.errors import ServiceUnavailable
-    from proxy.providers.base import Usage
 
     monkeypatch.setattr(accounting, "SETTLE_RETRY_SECONDS", 0.01)
     account_id, _ = account

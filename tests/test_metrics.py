@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.appkeys import ACCOUNTS, METRICS
+from proxy.app_state import ACCOUNTS, METRICS
 from proxy.config import parse_config
 from proxy.metrics import Metrics
 from proxy.routing import Router

@@ -14,8 +14,8 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.appkeys import ACCOUNTANT, ACCOUNTS, METRICS
-from proxy.tokens import estimate_prompt_tokens
+from proxy.app_state import ACCOUNTANT, ACCOUNTS, METRICS
+from proxy.estimates import estimate_prompt_tokens
 from tests.conftest import Gateway, GatewayFactory, eventually
 from tests.fakes.billing_upstream import (
     BillingUpstream,

@@ -31,8 +31,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.appkeys import ACCOUNTANT, ACCOUNTS
-from proxy.tokens import estimate_prompt_tokens
+from proxy.app_state import ACCOUNTANT, ACCOUNTS
+from proxy.estimates import estimate_prompt_tokens
 from tests.conftest import Gateway, GatewayFactory, eventually
 from tests.fakes.billing_upstream import BillingUpstream, start_billing_upstream
 

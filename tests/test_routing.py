@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from proxy.appkeys import ACCOUNTANT, ACCOUNTS, METRICS
+from proxy.app_state import ACCOUNTANT, ACCOUNTS, METRICS
 from tests.conftest import FakeUpstream, GatewayFactory, free_port, openai_provider
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
 

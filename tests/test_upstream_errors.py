@@ -266,7 +266,7 @@ def provider() -> OpenAIProvider:
     ],
 )  # fmt: skip
 def test_stream_error_events(event: bytes, error: type, param: str | None):
-    from proxy.providers.base import ChatRequest
+    from proxy.core import ChatRequest
 
     stream = provider().stream_translator(ChatRequest({}, "woozlit/m", True, False, None, 10))
     with pytest.raises(error) as caught:
@@ -431,7 +431,7 @@ async def test_a_redirect_is_never_followed_and_goes_on_to_the_next_deployment(
 def test_stream_events_without_choices_reach_no_client():
     """A provider's event that is no chunk (no `choices`) is dropped; its usage alone goes
     on, to a client that asked for it."""
-    from proxy.providers.base import ChatRequest
+    from proxy.core import ChatRequest
 
     for include_usage in (False, True):
         chat = ChatRequest({}, "woozlit/m", True, include_usage, None, 10)

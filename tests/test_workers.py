@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from proxy.accounts import Accounts
+from proxy.admin.accounts import Accounts
 from proxy.config import parse_config
 from proxy.metrics import Metrics
 from proxy.store import open_store

@@ -66,6 +66,7 @@ from typing import Any
 import orjson
 
 from proxy.config import Deployment, ProviderConfig
+from proxy.core import ChatRequest, Usage
 from proxy.errors import (
     BadRequest,
     GatewayError,
@@ -74,16 +75,14 @@ from proxy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from proxy.estimates import estimate_text_tokens, text_weight
 from proxy.providers.base import (
-    ChatRequest,
     Provider,
     StreamTranslator,
     UpstreamRequest,
-    Usage,
     load_json,
 )
 from proxy.sse import SSEEvent
-from proxy.tokens import estimate_text_tokens, text_weight
 
 API_VERSION = "2023-06-01"
 

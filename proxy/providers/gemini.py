@@ -72,6 +72,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 
 from proxy.config import Deployment, ProviderConfig
+from proxy.core import ChatRequest, Usage
 from proxy.errors import (
     BadRequest,
     GatewayError,
@@ -80,17 +81,15 @@ from proxy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from proxy.estimates import text_weight
 from proxy.providers.base import (
-    ChatRequest,
     Provider,
     StreamTranslator,
     UpstreamRequest,
-    Usage,
     load_json,
 )
 from proxy.providers.gemini_schema import gemini_schema
 from proxy.sse import SSEEvent
-from proxy.tokens import text_weight
 
 MAX_STOP_SEQUENCES = 5
 

@@ -21,18 +21,17 @@ from typing import Any
 import orjson
 
 from proxy.config import Deployment, ProviderConfig
+from proxy.core import ChatRequest, Usage
 from proxy.errors import UpstreamError
+from proxy.estimates import text_weight
 from proxy.providers.base import (
-    ChatRequest,
     Provider,
     StreamTranslator,
     UpstreamRequest,
-    Usage,
     load_json,
     openai_error_object,
 )
 from proxy.sse import SSEEvent
-from proxy.tokens import text_weight
 
 MAX_TOOL_ID = 40
 

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from proxy.appkeys import ACCOUNTS, METRICS
+from proxy.app_state import ACCOUNTS, METRICS
 from tests.conftest import DEFAULT_TIERS, FakeUpstream, Gateway, GatewayFactory, openai_provider
 from tests.fakes.anthropic_upstream import (
     FAKE,

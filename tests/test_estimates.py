@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.tokens import (
+from proxy.estimates import (
     IMAGE_TOKENS,
     TOOL_USE_TOKENS,
     estimate_prediction_tokens,
@@ -77,7 +77,7 @@ def test_a_cut_stream_of_other_scripts_is_estimated_as_high_as_its_prompt_would_
     character of CJK is about a token, not a quarter of one."""
     import orjson
 
-    from proxy.providers.base import ChatRequest
+    from proxy.core import ChatRequest
     from proxy.providers.openai import OpenAIStream
     from proxy.sse import SSEEvent
 

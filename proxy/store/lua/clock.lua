@@ -1,4 +1,4 @@
--- Shared prelude, put before every script by proxy/store.py: time comes from Redis.
+-- Shared prelude, put before every script by proxy/store/: time comes from Redis.
 
 -- Now in ms: Redis TIME, or `override` (tests only) when it is not ''.
 local function now_ms(override)

@@ -1,6 +1,6 @@
 """The accounting store: a Redis client (or the embedded fakeredis), and our Lua scripts.
 
-Scripts are `.lua` files in `proxy/lua/`, each prefixed with `clock.lua`, registered once and
+Scripts are `.lua` files in `proxy/store/lua/`, each prefixed with `clock.lua`, registered once and
 called by SHA (redis-py reloads them on NOSCRIPT, after a Redis restart). Every failure of the
 store becomes a 503 here, fast: short socket timeouts, one retry of a broken connection.
 There is no fallback to per-process limits: without the store, nothing is admitted.
@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError, NoScriptError, RedisClusterExcepti
 
 from proxy.errors import ServiceUnavailable
 from proxy.metrics import Metrics
-from proxy.resp import PipelinedScripts, RedisReplyError
+from proxy.store.pipelined import PipelinedScripts, RedisReplyError
 
 log = logging.getLogger("proxy.store")
 
@@ -120,7 +120,7 @@ class _Cluster(RedisCluster):
 
 
 def _source(name: str) -> str:
-    lua = resources.files("proxy") / "lua"
+    lua = resources.files("proxy.store") / "lua"
     return (lua / "clock.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 

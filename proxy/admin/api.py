@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import auth
-from proxy.appkeys import ACCOUNTANT, ACCOUNTS
+from proxy import api_keys
+from proxy.app_state import ACCOUNTANT, ACCOUNTS
 from proxy.errors import BadRequest, Unauthorized
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -81,7 +81,7 @@ async def charge_usage(request: web.Request) -> web.Response:
 
 def _guarded(handler: Handler, token: str) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        if not auth.admin_authorized(request.headers.get("Authorization"), token):
+        if not api_keys.admin_authorized(request.headers.get("Authorization"), token):
             raise Unauthorized("Invalid or missing admin token.")
         return await handler(request)
 

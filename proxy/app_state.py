@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.accounting import Accountant
-from proxy.accounts import Accounts
+from proxy.admin.accounts import Accounts
 from proxy.config import Config
 from proxy.logs import AccessLog
 from proxy.metrics import Metrics

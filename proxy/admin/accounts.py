@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy import auth, keys
+from proxy import api_keys
 from proxy.config import Config
 from proxy.errors import BadRequest, NotFound
-from proxy.store import Store
+from proxy.store import Store, keys
 
 MAX_TOKENS = 10**12  # per charge; far below Redis's 2**63 counters
 # The largest monthly_token_limit or requests_per_minute override. The scripts compute in Lua
@@ -162,13 +162,13 @@ class Accounts:
         await self._raw_account(account_id)
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise BadRequest("'name' must be a non-empty string of at most 200 characters.")
-        secret = auth.new_key()
+        secret = api_keys.new_key()
         record = {
             "id": "key_" + secrets.token_hex(8),
             "account_id": account_id,
             "name": name.strip(),
-            "prefix": auth.display_prefix(secret),
-            "digest": auth.digest(secret),
+            "prefix": api_keys.display_prefix(secret),
+            "digest": api_keys.digest(secret),
             "created_at": str(int(time.time())),
             "last_used_at": "",
             "revoked": "0",

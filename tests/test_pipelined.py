@@ -9,7 +9,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.resp import PipelinedScripts, RedisConnectionError, RedisReplyError, encode
+from proxy.store.pipelined import PipelinedScripts, RedisConnectionError, RedisReplyError, encode
 from tests.conftest import RedisServer, free_port
 
 SCRIPTS = {

@@ -1,0 +1,1 @@
+"""Administration: accounts and API keys (`accounts.py`), and the admin HTTP API (`api.py`)."""

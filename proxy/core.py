@@ -1,0 +1,67 @@
+"""The gateway's own request and usage types, between the two protocol layers.
+
+Client protocols (OpenAI chat completions today: `validation.py`, `chat.py`) read a client's
+request into a `ChatRequest`; providers (`providers/`) translate a `ChatRequest` into their
+upstream's request and read their upstream's answer back, reporting its `Usage`. Accounting
+holds and charges tokens by these two types alone, whichever protocol a request came in by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.config import Deployment
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A validated chat completions request, as the client sent it plus the gateway's defaults.
+
+    What it may cost is bounded before it is sent: `prompt_tokens_estimate` +
+    `choices` x (`cap` + `completion_extra`) tokens are held on the quota, and every
+    provider sends the upstream `cap_for(deployment)` as its output cap, under its own name.
+    """
+
+    body: dict[str, Any]  # the OpenAI-shaped body; `model` still the public name
+    public_model: str
+    stream: bool
+    include_usage: bool  # the client asked for the usage chunk (stream_options.include_usage)
+    max_tokens: int | None  # the client's cap: max_completion_tokens or max_tokens (the smaller)
+    prompt_tokens_estimate: int
+    choices: int = 1  # n: every choice is billed its own output
+    # The output cap of each choice: the client's, or the largest default of the model's
+    # deployments; lowered at admission when only that much of the month's quota remains.
+    cap: int = 4096
+    completion_extra: int = 0  # output billed beyond the cap (OpenAI's Predicted Outputs)
+    long_tool_ids: bool = False  # a tool call id is longer than OpenAI's 40 characters
+
+    @property
+    def base_tokens(self) -> int:
+        """What the request may cost whatever the cap: the prompt, and output past the cap."""
+        return self.prompt_tokens_estimate + self.choices * self.completion_extra
+
+    def cap_for(self, deployment: Deployment) -> int:
+        """The output cap to send this deployment: the admitted cap, or less when the client
+        set none and the deployment's own default is smaller."""
+        if self.max_tokens is None:
+            return min(self.cap, deployment.default_max_tokens)
+        return self.cap
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False  # True when the upstream reported nothing and we counted
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
