@@ -144,56 +144,21 @@ class Provider(ABC):
         (502, never a 401 that would say the client's key is bad); 408 a timeout; 429, 503
         and 529 an overload (503 with Retry-After); other 5xx a 502.
         """
+        fields = _ErrorFields.read(error, status)
         name = self.config.name
-        message = error.get("message") if isinstance(error.get("message"), str) else None
-        param = error.get("param") if isinstance(error.get("param"), str) else None
-        code, kind = error.get("code"), error.get("type")
-        if status is None and isinstance(code, int) and 400 <= code < 600:
-            status = code  # vLLM puts the status in `code`, also in a stream's error event
-        code = code if isinstance(code, str) else None
-        text = (message or "").lower()
-        retry = {"Retry-After": headers.get("retry-after") or "1"}
-        if (
-            status in (404, 410)
-            or code == "model_not_found"
-            or param == "model"  # the upstream model name comes from our config
-            or "model not exist" in text  # DeepSeek: 400 "Model Not Exist"
+        deployment_fault = _deployment_fault(fields, name, headers)
+        if deployment_fault is not None:
+            return deployment_fault
+        if fields.status in (400, 413, 422) or (
+            fields.status is None and fields.kind == "invalid_request_error"
         ):
-            return ModelUnavailable(
-                f"The model is unavailable: provider '{name}' does not serve the model"
-                " it is routed to (retired or unknown)."
-            )
-        if status == 402 or "insufficient_quota" in (code, kind) or "insufficient balance" in text:
-            return ModelUnavailable(
-                f"The model is unavailable: the gateway's account at provider '{name}' is"
-                " out of credit."
-            )
-        if code == "unsupported_country_region_territory":
-            return ModelUnavailable(
-                f"The model is unavailable: provider '{name}' does not serve the gateway's region."
-            )
-        if status in (401, 403) or code == "invalid_api_key" or kind == "authentication_error":
-            return UpstreamError(f"The gateway's credentials for provider '{name}' were rejected.")
-        if status == 408:
-            return UpstreamTimeout(f"Provider '{name}' timed out.")
-        if status in (429, 503, 529) or code == "rate_limit_exceeded":
-            what = (
-                "rate-limited" if status == 429 or code == "rate_limit_exceeded" else "overloaded"
-            )
-            return ServiceUnavailable(f"Provider '{name}' is {what}; retry later.", headers=retry)
-        if code == "unsupported_parameter" and param in GATEWAY_PARAMETERS:
-            # The gateway sets these (the output cap under the name the config says): the
-            # deployment is misconfigured, and another one may take the request.
-            return UpstreamError(
-                f"Provider '{name}' refused the parameter '{param}' the gateway sends it."
-            )
-        if status in (400, 413, 422) or (status is None and kind == "invalid_request_error"):
             return BadRequest(
-                message or f"Provider '{name}' rejected the request ({status}).", param=param
+                fields.message or f"Provider '{name}' rejected the request ({fields.status}).",
+                param=fields.param,
             )
-        if status is None:
-            return UpstreamError(message or f"Provider '{name}' failed mid-stream.")
-        return UpstreamError(f"Provider '{name}' failed ({status}).")
+        if fields.status is None:
+            return UpstreamError(fields.message or f"Provider '{name}' failed mid-stream.")
+        return UpstreamError(f"Provider '{name}' failed ({fields.status}).")
 
     def require_key(self) -> None:
         """Refuse early when the provider needs a key and none is configured."""
@@ -202,3 +167,71 @@ class Provider(ABC):
             raise ServiceUnavailable(
                 f"Provider '{self.config.name}' has no API key configured; set {var}."
             )
+
+
+@dataclass(frozen=True, slots=True)
+class _ErrorFields:
+    """The fields of an OpenAI-shaped error that say whose fault it is, each of the type the
+    rules read (anything else is left out as None)."""
+
+    status: int | None
+    code: str | None
+    kind: Any  # `type`
+    param: str | None
+    message: str | None
+
+    @classmethod
+    def read(cls, error: dict[str, Any], status: int | None) -> _ErrorFields:
+        message, param, code = error.get("message"), error.get("param"), error.get("code")
+        if status is None and isinstance(code, int) and 400 <= code < 600:
+            status = code  # vLLM puts the status in `code`, also in a stream's error event
+        return cls(
+            status,
+            code if isinstance(code, str) else None,
+            error.get("type"),
+            param if isinstance(param, str) else None,
+            message if isinstance(message, str) else None,
+        )
+
+
+def _deployment_fault(
+    fields: _ErrorFields, name: str, headers: Mapping[str, str]
+) -> GatewayError | None:
+    """The error when the fault is the deployment's (another may serve the request), or None
+    when it may be the client's."""
+    status, code, kind, param = fields.status, fields.code, fields.kind, fields.param
+    text = (fields.message or "").lower()
+    if (
+        status in (404, 410)
+        or code == "model_not_found"
+        or param == "model"  # the upstream model name comes from our config
+        or "model not exist" in text  # DeepSeek: 400 "Model Not Exist"
+    ):
+        return ModelUnavailable(
+            f"The model is unavailable: provider '{name}' does not serve the model"
+            " it is routed to (retired or unknown)."
+        )
+    if status == 402 or "insufficient_quota" in (code, kind) or "insufficient balance" in text:
+        return ModelUnavailable(
+            f"The model is unavailable: the gateway's account at provider '{name}' is"
+            " out of credit."
+        )
+    if code == "unsupported_country_region_territory":
+        return ModelUnavailable(
+            f"The model is unavailable: provider '{name}' does not serve the gateway's region."
+        )
+    if status in (401, 403) or code == "invalid_api_key" or kind == "authentication_error":
+        return UpstreamError(f"The gateway's credentials for provider '{name}' were rejected.")
+    if status == 408:
+        return UpstreamTimeout(f"Provider '{name}' timed out.")
+    if status in (429, 503, 529) or code == "rate_limit_exceeded":
+        what = "rate-limited" if status == 429 or code == "rate_limit_exceeded" else "overloaded"
+        retry = {"Retry-After": headers.get("retry-after") or "1"}
+        return ServiceUnavailable(f"Provider '{name}' is {what}; retry later.", headers=retry)
+    if code == "unsupported_parameter" and param in GATEWAY_PARAMETERS:
+        # The gateway sets these (the output cap under the name the config says): the
+        # deployment is misconfigured, and another one may take the request.
+        return UpstreamError(
+            f"Provider '{name}' refused the parameter '{param}' the gateway sends it."
+        )
+    return None
