@@ -240,39 +240,49 @@ def translate_messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[s
     system: list[str] = []
     turns: list[tuple[str, Placed]] = []
     for i, message in enumerate(messages):
-        role = message.get("role")
         where = f"messages[{i}]"
-        blocks: Placed
-        if role in ("system", "developer"):
+        if message.get("role") in ("system", "developer"):
             text = _text_of(message.get("content"), where)
             if text.strip():
                 system.append(text)
             continue
-        if role == "user":
-            blocks = [(b, where) for b in _user_blocks(message.get("content"), where)]
-        elif role == "assistant":
-            text = _text_of(message.get("content"), where)
-            blocks = [({"type": "text", "text": text}, where)] if text.strip() else []
-            blocks += _tool_use_blocks(message.get("tool_calls"), where)
-            if not blocks:
-                continue  # an empty assistant message: the turns around it merge
-        elif role == "tool":
-            role = "user"
-            blocks = [(_tool_result_block(message, where), f"{where}.tool_call_id")]
+        turn = _turn(message, where)
+        if turn is None:
+            continue  # an empty assistant message: the turns around it merge
+        if turns and turns[-1][0] == turn[0]:
+            turns[-1][1].extend(turn[1])
         else:
-            raise BadRequest(
-                f"{where}.role {role!r} is not supported for this model.", param=f"{where}.role"
-            )
-        if turns and turns[-1][0] == role:
-            turns[-1][1].extend(blocks)
-        else:
-            turns.append((role, blocks))
+            turns.append(turn)
     if not turns and system:  # a system prompt alone is the request: it becomes the user turn
         turns.append(("user", [({"type": "text", "text": "\n\n".join(system)}, "messages")]))
         system = []
     if not turns or turns[0][0] != "user":
         turns.insert(0, ("user", []))
     _pair_tool_calls(turns)
+    return "\n\n".join(system), _render(turns)
+
+
+def _turn(message: dict[str, Any], where: str) -> tuple[str, Placed] | None:
+    """The Anthropic role and blocks of a user, assistant or tool message; None for an
+    assistant message with nothing in it."""
+    role = message.get("role")
+    if role == "user":
+        return role, [(b, where) for b in _user_blocks(message.get("content"), where)]
+    if role == "assistant":
+        text = _text_of(message.get("content"), where)
+        blocks: Placed = [({"type": "text", "text": text}, where)] if text.strip() else []
+        blocks += _tool_use_blocks(message.get("tool_calls"), where)
+        return (role, blocks) if blocks else None
+    if role == "tool":
+        return "user", [(_tool_result_block(message, where), f"{where}.tool_call_id")]
+    raise BadRequest(
+        f"{where}.role {role!r} is not supported for this model.", param=f"{where}.role"
+    )
+
+
+def _render(turns: list[tuple[str, Placed]]) -> list[dict[str, Any]]:
+    """The turns as Anthropic messages: tool results first in a user turn, an empty turn
+    said with PLACEHOLDER, a final assistant turn (a prefill) without trailing whitespace."""
     out: list[dict[str, Any]] = []
     for role, placed in turns:
         content = [block for block, _ in placed]
@@ -284,4 +294,4 @@ def translate_messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[s
     if out[-1]["role"] == "assistant" and last[-1]["type"] == "text":
         # A final assistant turn is a prefill, and Anthropic refuses one ending in whitespace.
         last[-1]["text"] = last[-1]["text"].rstrip()
-    return "\n\n".join(system), out
+    return out

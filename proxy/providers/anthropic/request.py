@@ -37,11 +37,93 @@ models that take it).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from proxy.core import ChatRequest
 from proxy.errors import BadRequest
-from proxy.providers.anthropic.messages import check_name
+from proxy.providers.anthropic.messages import check_name, translate_messages
+
+
+def build_body(chat: ChatRequest, model: str, cap: int) -> dict[str, Any]:
+    """The Messages API request body for an OpenAI chat request; `cap` is its `max_tokens`.
+    Raises BadRequest naming the client's field that Anthropic cannot take."""
+    source = chat.body
+    _refuse_unsupported(source, chat.public_model)
+    system, messages = translate_messages(source.get("messages") or [])
+    body: dict[str, Any] = {"model": model, "max_tokens": cap, "messages": messages}
+    if system:
+        body["system"] = system
+    _add_sampling(body, source)
+    tools, tool_choice = _tools(source)
+    if tools:
+        body["tools"] = tools
+    if tool_choice is not None:
+        body["tool_choice"] = tool_choice
+    if chat.stream:
+        body["stream"] = True
+    return body
+
+
+def _add_sampling(body: dict[str, Any], source: dict[str, Any]) -> None:
+    """`temperature` (else `top_p`), `stop_sequences` and `metadata.user_id`, as Anthropic
+    takes them."""
+    temperature = source.get("temperature")
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        body["temperature"] = min(max(float(temperature), 0.0), 1.0)
+    elif isinstance(source.get("top_p"), (int, float)):
+        body["top_p"] = source["top_p"]  # newer models refuse it beside temperature
+    stop = source.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    # Anthropic refuses blank stop sequences; a model rarely ends text on whitespace alone.
+    stops = [s for s in stops if isinstance(s, str) and s.strip()]
+    if stops:
+        body["stop_sequences"] = stops
+    user = source.get("user")
+    if isinstance(user, str) and user:
+        if len(user) > 256 or not user.isprintable():
+            user = hashlib.sha256(user.encode()).hexdigest()
+        body["metadata"] = {"user_id": user}
+
+
+def _tools(source: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The tools to offer (the client's, and response_format's answer tool) and the
+    `tool_choice`, None for Anthropic's default."""
+    tools = translate_tools(source["tools"]) if source.get("tools") else []
+    choice = source.get("tool_choice")
+    if tools:
+        names = {tool["name"] for tool in tools}
+        anthropic_choice = translate_tool_choice(choice, source.get("parallel_tool_calls"), names)
+    elif choice == "required" or isinstance(choice, dict):
+        raise BadRequest(
+            "tool_choice asks for a tool call, but tools is empty.", param="tool_choice"
+        )
+    else:
+        anthropic_choice = None
+    answer = response_tool(source)
+    if answer is None:
+        return tools, anthropic_choice
+    return _offer_answer_tool(tools, answer, source)
+
+
+def _offer_answer_tool(
+    tools: list[dict[str, Any]], answer: dict[str, Any], source: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The tools with response_format's beside the client's, and the choice that makes the
+    model call it (or one of the client's tools, when it may call them)."""
+    if any(tool["name"] == answer["name"] for tool in tools):
+        raise BadRequest(
+            "response_format.json_schema.name is also the name of a tool.",
+            param="response_format.json_schema.name",
+        )
+    only_answer = not tools or source.get("tool_choice") == "none"
+    tools.append(answer)
+    choice: dict[str, Any] = (
+        {"type": "tool", "name": answer["name"]} if only_answer else {"type": "any"}
+    )
+    if source.get("parallel_tool_calls") is False:
+        choice["disable_parallel_tool_use"] = True
+    return tools, choice
 
 
 def translate_tools(tools: Any) -> list[dict[str, Any]]:

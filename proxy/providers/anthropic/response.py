@@ -14,7 +14,10 @@ reference (`api/messages`: `stop_reason`, `usage`), handling stop reasons
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+import orjson
 
 from proxy.core import Usage
 
@@ -44,3 +47,66 @@ def usage_from(payload: Any) -> Usage | None:
     if not isinstance(payload, dict) or not isinstance(payload.get("output_tokens"), int):
         return None
     return Usage(input_tokens(payload), payload["output_tokens"])
+
+
+def completion_from(
+    payload: dict[str, Any], answer: str | None
+) -> tuple[dict[str, Any], Usage | None]:
+    """An Anthropic message (its `content` a list) as an OpenAI completion, and its usage;
+    `answer` names response_format's tool, whose input is the content."""
+    message, answered = _message(payload["content"], answer)
+    stop = payload.get("stop_reason")
+    only_answered = stop == "tool_use" and answered and "tool_calls" not in message
+    completion: dict[str, Any] = {
+        "created": int(time.time()),  # the gateway stamps only streams' chunks with it
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": "stop" if only_answered else finish_reason(stop),
+            }
+        ],
+    }
+    usage = usage_from(payload.get("usage"))
+    if usage is not None:
+        cached = payload["usage"].get("cache_read_input_tokens")
+        completion["usage"] = {
+            **usage.as_dict(),
+            "prompt_tokens_details": {"cached_tokens": cached or 0},
+        }
+    return completion, usage
+
+
+def _message(content: list[Any], answer: str | None) -> tuple[dict[str, Any], bool]:
+    """The assistant message of an answer's content blocks, and whether response_format's
+    tool was called (its input is then the message's content)."""
+    answered = False
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_use":
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            if block.get("name") == answer:
+                texts.append(arguments)
+                answered = True
+                continue
+            calls.append(
+                {
+                    "id": str(block.get("id") or ""),
+                    "type": "function",
+                    "function": {"name": str(block.get("name") or ""), "arguments": arguments},
+                }
+            )
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts or not calls else None,
+        "refusal": None,
+    }
+    if calls:
+        message["tool_calls"] = calls
+    return message, answered
