@@ -1,5 +1,16 @@
 """JSON Schema -> Gemini's Schema (the OpenAPI subset that `parameters` and `responseSchema`
-accept on every Gemini model): local $refs inlined, nullable types folded, the rest dropped."""
+accept on every Gemini model): local $refs inlined, nullable types folded, the rest dropped.
+
+Kept: `type` (a list of types becomes `anyOf`, "null" in it `nullable`), `anyOf`/`oneOf`
+(a null variant is `nullable`; one variant left is inlined), `allOf` (merged), string `enum`
+and `const` (other enums keep just their type), the `format`s Gemini knows for the type,
+`description`, `pattern`, the numeric bounds, `properties`, `required` (only properties that
+exist), `items` (the first of a tuple's). A $ref must point into `$defs` or `definitions`;
+recursion deeper than 32 levels, or more than 5000 nodes once inlined, is a 400.
+
+Source: Gemini API reference, Schema (ai.google.dev/api/caching#Schema: its fields, the
+formats of each type, `nullable`, `anyOf`).
+"""
 
 from __future__ import annotations
 
