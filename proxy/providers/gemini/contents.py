@@ -73,56 +73,49 @@ PLACEHOLDER = "."
 def contents_of(
     messages: list[Any], names: ToolNames
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    system: list[dict[str, Any]] = []
-    contents: list[dict[str, Any]] = []
-    # The tool calls of the last assistant message, awaiting their tool messages: Gemini wants
-    # one functionResponse per functionCall, in the next turn, all of them.
-    pending: dict[str, str] = {}  # tool_call id -> Gemini function name, in call order
-    pending_at = ""
-    answers: dict[str, dict[str, Any]] = {}
-
-    def close() -> None:
-        missing = [call_id for call_id in pending if call_id not in answers]
-        if missing:
-            raise BadRequest(
-                f"{pending_at}.tool_calls: no tool message answers {', '.join(missing)}; "
-                "every tool call needs a tool message right after the assistant message.",
-                param="messages",
-            )
-        if pending:
-            _append(contents, "user", [answers[call_id] for call_id in pending])
-        pending.clear()
-        answers.clear()
-
+    """The `systemInstruction` parts and the `contents` of OpenAI messages; raises BadRequest
+    naming the message Gemini could not take."""
+    conversation = _Conversation(names)
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise BadRequest(f"{where} must be an object.", param=where)
+        conversation.add(message, where)
+    conversation.close_step()
+    return _complete(conversation.system, conversation.contents)
+
+
+class _Conversation:
+    """The contents made so far, and the tool calls of the last assistant message awaiting
+    their tool messages: Gemini wants one functionResponse per functionCall, in the next turn,
+    all of them."""
+
+    def __init__(self, names: ToolNames) -> None:
+        self.names = names
+        self.system: list[dict[str, Any]] = []
+        self.contents: list[dict[str, Any]] = []
+        self.pending: dict[str, str] = {}  # tool_call id -> Gemini function name, in call order
+        self.pending_at = ""  # the assistant message that made them
+        self.answers: dict[str, dict[str, Any]] = {}  # tool_call id -> its functionResponse
+
+    def add(self, message: dict[str, Any], where: str) -> None:
         role = message.get("role")
         if role == "tool":
-            call_id = message.get("tool_call_id")
-            if not isinstance(call_id, str) or call_id not in pending or call_id in answers:
-                raise BadRequest(
-                    f"{where}.tool_call_id {call_id!r} answers no tool call of the assistant "
-                    "message before it (or answers one twice).",
-                    param=f"{where}.tool_call_id",
-                )
-            answers[call_id] = _function_response(message, where, pending[call_id])
-            continue
-        close()
+            self._answer(message, where)
+            return
+        self.close_step()
         if role in ("system", "developer"):
-            system.extend(_text_parts(message.get("content"), where))
-            continue
-        if role == "user":
+            self.system.extend(_text_parts(message.get("content"), where))
+        elif role == "user":
             parts = _user_parts(message.get("content"), where)
-            if not parts and (not contents or contents[-1]["role"] != "user"):
+            if not parts and (not self.contents or self.contents[-1]["role"] != "user"):
                 parts = [{"text": PLACEHOLDER}]  # the client's turn, said with nothing
-            _append(contents, "user", parts)
+            _append(self.contents, "user", parts)
         elif role == "assistant":
-            parts, calls = _assistant_parts(message, where, names)
-            _append(contents, "model", parts)
-            pending.update(calls)
-            pending_at = where
+            parts, calls = _assistant_parts(message, where, self.names)
+            _append(self.contents, "model", parts)
+            self.pending.update(calls)
+            self.pending_at = where
         elif role == "function":
             raise BadRequest(
                 f"{where}: legacy function messages are not supported; use tools.", param=where
@@ -131,7 +124,38 @@ def contents_of(
             raise BadRequest(
                 f"{where}.role {role!r} is not supported for this model.", param=f"{where}.role"
             )
-    close()
+
+    def _answer(self, message: dict[str, Any], where: str) -> None:
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str) or call_id not in self.pending or call_id in self.answers:
+            raise BadRequest(
+                f"{where}.tool_call_id {call_id!r} answers no tool call of the assistant "
+                "message before it (or answers one twice).",
+                param=f"{where}.tool_call_id",
+            )
+        self.answers[call_id] = _function_response(message, where, self.pending[call_id])
+
+    def close_step(self) -> None:
+        """The answers to the last assistant message's calls, as one user turn; a 400 when
+        one is missing."""
+        missing = [call_id for call_id in self.pending if call_id not in self.answers]
+        if missing:
+            raise BadRequest(
+                f"{self.pending_at}.tool_calls: no tool message answers {', '.join(missing)}; "
+                "every tool call needs a tool message right after the assistant message.",
+                param="messages",
+            )
+        if self.pending:
+            _append(self.contents, "user", [self.answers[call_id] for call_id in self.pending])
+        self.pending.clear()
+        self.answers.clear()
+
+
+def _complete(
+    system: list[dict[str, Any]], contents: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What Gemini wants of the whole conversation: a user turn, first; a signature on the
+    first functionCall of each step."""
     if not contents:
         # OpenAI answers a conversation of system text alone; Gemini needs a user turn.
         contents, system = [{"role": "user", "parts": system or [{"text": PLACEHOLDER}]}], []

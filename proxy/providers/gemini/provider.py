@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -11,12 +10,11 @@ import orjson
 
 from proxy.config import Deployment, ProviderConfig
 from proxy.core import ChatRequest, Usage
-from proxy.errors import BadRequest, GatewayError, UpstreamError
+from proxy.errors import BadRequest, GatewayError
 from proxy.providers.base import Provider, StreamTranslator, UpstreamRequest, load_json
-from proxy.providers.gemini.calls import tool_names
 from proxy.providers.gemini.errors import error_from_body, error_object, map_error
-from proxy.providers.gemini.request import build_body, candidate_count
-from proxy.providers.gemini.response import blocked, candidate_output, finish_reason, usage_from
+from proxy.providers.gemini.request import build_body
+from proxy.providers.gemini.response import completion_from
 from proxy.providers.gemini.stream import GeminiStream
 
 
@@ -51,46 +49,7 @@ class GeminiProvider(Provider):
         if error is not None:
             code = error.get("code")
             raise self.map_error(code if isinstance(code, int) else 500, error, {})
-        usage = usage_from(payload.get("usageMetadata"))
-        names = tool_names(chat.body)
-        candidates = [c for c in payload.get("candidates") or () if isinstance(c, dict)]
-        choices = []
-        for candidate in candidates:
-            text, calls = candidate_output(candidate, names)
-            content = text or (None if calls else "")
-            message: dict[str, Any] = {"role": "assistant", "content": content}
-            if calls:
-                message["tool_calls"] = calls
-            choices.append(
-                {
-                    "index": candidate.get("index", 0),  # proto3 JSON leaves out a zero index
-                    "message": message,
-                    "finish_reason": finish_reason(candidate.get("finishReason"), bool(calls)),
-                    "logprobs": None,
-                }
-            )
-        if not choices:
-            if not blocked(payload):
-                raise UpstreamError("The upstream provider sent an answer with no candidates.")
-            choices = [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": ""},
-                    "finish_reason": "content_filter",
-                    "logprobs": None,
-                }
-                for i in range(candidate_count(chat.body))
-            ]
-        choices.sort(key=lambda choice: choice["index"])
-        # `created` is the gateway's to stamp (base.py), but completion_body does not yet.
-        completion: dict[str, Any] = {
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "choices": choices,
-        }
-        if usage is not None:
-            completion["usage"] = usage.as_dict()
-        return completion, usage
+        return completion_from(payload, chat)
 
     def stream_translator(self, chat: ChatRequest) -> StreamTranslator:
         return GeminiStream(chat, self)

@@ -15,12 +15,15 @@ Sources: Gemini API reference, GenerateContentResponse
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 
-from proxy.core import Usage
-from proxy.providers.gemini.calls import ToolNames, call_id
+from proxy.core import ChatRequest, Usage
+from proxy.errors import UpstreamError
+from proxy.providers.gemini.calls import ToolNames, call_id, tool_names
+from proxy.providers.gemini.request import candidate_count
 
 _FILTERED = (
     "SAFETY",
@@ -90,3 +93,55 @@ def candidate_output(
 def blocked(payload: dict[str, Any]) -> bool:
     feedback = payload.get("promptFeedback")
     return isinstance(feedback, dict) and bool(feedback.get("blockReason"))
+
+
+def completion_from(
+    payload: dict[str, Any], chat: ChatRequest
+) -> tuple[dict[str, Any], Usage | None]:
+    """A GenerateContentResponse (not an error) as an OpenAI completion, and its usage."""
+    usage = usage_from(payload.get("usageMetadata"))
+    choices = _choices(payload, tool_names(chat.body))
+    if not choices:
+        if not blocked(payload):
+            raise UpstreamError("The upstream provider sent an answer with no candidates.")
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": ""},
+                "finish_reason": "content_filter",
+                "logprobs": None,
+            }
+            for i in range(candidate_count(chat.body))
+        ]
+    choices.sort(key=lambda choice: choice["index"])
+    # `created` is the gateway's to stamp (base.py), but completion_body does not yet.
+    completion: dict[str, Any] = {
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "choices": choices,
+    }
+    if usage is not None:
+        completion["usage"] = usage.as_dict()
+    return completion, usage
+
+
+def _choices(payload: dict[str, Any], names: ToolNames) -> list[dict[str, Any]]:
+    """A choice per candidate, in the order they came."""
+    choices = []
+    for candidate in payload.get("candidates") or ():
+        if not isinstance(candidate, dict):
+            continue
+        text, calls = candidate_output(candidate, names)
+        content = text or (None if calls else "")
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        choices.append(
+            {
+                "index": candidate.get("index", 0),  # proto3 JSON leaves out a zero index
+                "message": message,
+                "finish_reason": finish_reason(candidate.get("finishReason"), bool(calls)),
+                "logprobs": None,
+            }
+        )
+    return choices
