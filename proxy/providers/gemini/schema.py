@@ -45,7 +45,7 @@ def gemini_schema(schema: dict[str, Any], where: str) -> dict[str, Any]:
     for key in ("definitions", "$defs"):
         if isinstance(schema.get(key), dict):
             defs.update(schema[key])
-    return _convert(schema, defs, where, 0, [_MAX_SCHEMA_NODES])
+    return _Converter(defs).convert(schema, where, 0)
 
 
 def _short(name: Any) -> str:
@@ -55,57 +55,112 @@ def _short(name: Any) -> str:
     return text if len(text) <= 40 else text[:40] + "..."
 
 
-def _convert(
-    node: Any, defs: dict[str, Any], where: str, depth: int, budget: list[int]
-) -> dict[str, Any]:
-    if depth > _MAX_SCHEMA_DEPTH:
-        raise BadRequest(f"{where} is recursive or nested too deeply for this model.")
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise BadRequest(f"{where} is too large for this model once its $refs are inlined.")
-    if not isinstance(node, dict):
-        return {}
-    ref = node.get("$ref")
-    if isinstance(ref, str):
+class _Converter:
+    """One schema's conversion: its definitions, and how many more nodes it may make."""
+
+    def __init__(self, defs: dict[str, Any]) -> None:
+        self.defs = defs
+        self.budget = _MAX_SCHEMA_NODES
+
+    def convert(self, node: Any, where: str, depth: int) -> dict[str, Any]:
+        if depth > _MAX_SCHEMA_DEPTH:
+            raise BadRequest(f"{where} is recursive or nested too deeply for this model.")
+        self.budget -= 1
+        if self.budget < 0:
+            raise BadRequest(f"{where} is too large for this model once its $refs are inlined.")
+        if not isinstance(node, dict):
+            return {}
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            return self.convert(self._resolve(node, ref, where), where, depth + 1)
+        out = self._merge_all_of(node, where, depth)
+        kind, nullable = self._fold_alternatives(node, out, where, depth)
+        if isinstance(kind, str):
+            out["type"] = kind
+        _copy_keywords(node, out)
+        self._properties(node, out, where, depth)
+        items = node.get("items")
+        if isinstance(items, list):
+            items = items[0] if items else None
+        if isinstance(items, dict):
+            out["items"] = self.convert(items, f"{where}.items", depth + 1)
+        if nullable:
+            out["nullable"] = True
+        return out
+
+    def _resolve(self, node: dict[str, Any], ref: str, where: str) -> dict[str, Any]:
+        """The node with its local $ref replaced by the definition (the node's own keys win)."""
         name = ref.rsplit("/", 1)[-1]
-        if not ref.startswith(("#/$defs/", "#/definitions/")) or name not in defs:
+        if not ref.startswith(("#/$defs/", "#/definitions/")) or name not in self.defs:
             raise BadRequest(f"{where}: cannot resolve $ref {ref!r}.")
-        if not isinstance(defs[name], dict):
+        if not isinstance(self.defs[name], dict):
             raise BadRequest(f"{where}: $ref {ref!r} is not a schema object.")
         rest = {k: v for k, v in node.items() if k != "$ref"}
-        return _convert({**defs[name], **rest}, defs, where, depth + 1, budget)
+        return {**self.defs[name], **rest}
 
-    out: dict[str, Any] = {}
-    all_of = node.get("allOf")
-    for sub in all_of if isinstance(all_of, list) else ():
-        converted = _convert(sub, defs, where, depth + 1, budget)
-        out.setdefault("properties", {}).update(converted.pop("properties", {}))
-        out.setdefault("required", []).extend(converted.pop("required", []))
-        for key, value in converted.items():
-            out.setdefault(key, value)
+    def _merge_all_of(self, node: dict[str, Any], where: str, depth: int) -> dict[str, Any]:
+        """The node's `allOf` merged into one schema: properties and required joined, the
+        first of any other keyword kept."""
+        out: dict[str, Any] = {}
+        all_of = node.get("allOf")
+        for sub in all_of if isinstance(all_of, list) else ():
+            converted = self.convert(sub, where, depth + 1)
+            out.setdefault("properties", {}).update(converted.pop("properties", {}))
+            out.setdefault("required", []).extend(converted.pop("required", []))
+            for key, value in converted.items():
+                out.setdefault(key, value)
+        return out
 
-    nullable = node.get("nullable") is True
-    kind = node.get("type")
-    if isinstance(kind, list):
-        kinds = [k for k in kind if k != "null"]
-        nullable = nullable or len(kinds) < len(kind)
-        if len(kinds) > 1:
-            out["anyOf"] = [
-                _convert({**node, "type": k}, defs, where, depth + 1, budget) for k in kinds
-            ]
-        kind = kinds[0] if len(kinds) == 1 else None
-    variants = node.get("anyOf") or node.get("oneOf")
-    if isinstance(variants, list):
-        real = [v for v in variants if not (isinstance(v, dict) and v.get("type") == "null")]
-        nullable = nullable or len(real) < len(variants)
-        converted_variants = [_convert(v, defs, where, depth + 1, budget) for v in real]
-        if len(converted_variants) == 1:
-            out.update(converted_variants[0])
-        elif converted_variants:
-            out["anyOf"] = converted_variants
+    def _fold_alternatives(
+        self, node: dict[str, Any], out: dict[str, Any], where: str, depth: int
+    ) -> tuple[Any, bool]:
+        """A list of types and anyOf/oneOf into `out` as Gemini's `anyOf` (or the one
+        alternative inlined); returns the single type left, if any, and whether null was one
+        of the alternatives."""
+        nullable = node.get("nullable") is True
+        kind = node.get("type")
+        if isinstance(kind, list):
+            kinds = [k for k in kind if k != "null"]
+            nullable = nullable or len(kinds) < len(kind)
+            if len(kinds) > 1:
+                out["anyOf"] = [self.convert({**node, "type": k}, where, depth + 1) for k in kinds]
+            kind = kinds[0] if len(kinds) == 1 else None
+        variants = node.get("anyOf") or node.get("oneOf")
+        if isinstance(variants, list):
+            real = [v for v in variants if not (isinstance(v, dict) and v.get("type") == "null")]
+            nullable = nullable or len(real) < len(variants)
+            converted = [self.convert(v, where, depth + 1) for v in real]
+            if len(converted) == 1:
+                out.update(converted[0])
+            elif converted:
+                out["anyOf"] = converted
+        return kind, nullable
 
-    if isinstance(kind, str):
-        out["type"] = kind
+    def _properties(
+        self, node: dict[str, Any], out: dict[str, Any], where: str, depth: int
+    ) -> None:
+        """`properties` converted, and `required` (allOf's and the node's own) narrowed to the
+        properties that exist; no empty `properties`."""
+        properties = node.get("properties")
+        if isinstance(properties, dict):
+            out["properties"] = {
+                str(name): self.convert(sub, f"{where}.properties.{_short(name)}", depth + 1)
+                for name, sub in properties.items()
+            }
+        given = node.get("required")
+        required = [*out.pop("required", []), *(given if isinstance(given, list) else ())]
+        known = out.get("properties", {})
+        named = dict.fromkeys(r for r in required if isinstance(r, str))  # once each, in order
+        required = [r for r in named if r in known]
+        if required:
+            out["required"] = required
+        if not out.get("properties"):
+            out.pop("properties", None)
+
+
+def _copy_keywords(node: dict[str, Any], out: dict[str, Any]) -> None:
+    """The keywords Gemini takes as they are: string enums (and const), the formats it knows
+    for the type, description, pattern, numeric bounds."""
     enum = node.get("enum", [node["const"]] if "const" in node else None)
     if isinstance(enum, list) and enum and all(isinstance(v, str) for v in enum):
         out["enum"] = enum  # Gemini enums are strings only; others keep just their type
@@ -121,25 +176,3 @@ def _convert(
         value = node.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = value
-    properties = node.get("properties")
-    if isinstance(properties, dict):
-        out["properties"] = {
-            str(name): _convert(sub, defs, f"{where}.properties.{_short(name)}", depth + 1, budget)
-            for name, sub in properties.items()
-        }
-    given = node.get("required")
-    required = [*out.pop("required", []), *(given if isinstance(given, list) else ())]
-    known = out.get("properties", {})
-    required = [r for r in dict.fromkeys(r for r in required if isinstance(r, str)) if r in known]
-    if required:
-        out["required"] = required
-    if not out.get("properties"):
-        out.pop("properties", None)
-    items = node.get("items")
-    if isinstance(items, list):
-        items = items[0] if items else None
-    if isinstance(items, dict):
-        out["items"] = _convert(items, defs, f"{where}.items", depth + 1, budget)
-    if nullable:
-        out["nullable"] = True
-    return out
