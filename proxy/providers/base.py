@@ -5,7 +5,8 @@ the answer back: a whole body to `parse_response`, or SSE events one by one to t
 `StreamTranslator` from `stream_translator`. The gateway stamps `id`, `object`, `created` and
 `model` on everything a provider returns, so providers only produce `choices` and `usage`.
 
-Adding a provider is one module with a `Provider` subclass and one line in `providers/__init__.py`.
+Adding a provider is one module (or a package of them, as `anthropic/` and `gemini/` are) with
+a `Provider` subclass, and one line in `providers/__init__.py`.
 """
 
 from __future__ import annotations
