@@ -150,7 +150,8 @@ def test_key_variable_is_remembered_for_error_messages():
 
 # -- one fixture per rule -----------------------------------------------------------------
 
-# fixture file -> the error lines it must give (after "<file>: "), all of them, in order.
+# fixture file -> the error lines it must give (after "<file>: "), all of them, in order: the
+# order of the schema's fields (proxy/config.py), section by section.
 RULES = {
     "unknown_top_level_key.yaml": ["log_levle: unknown key"],
     "unknown_provider_key.yaml": ["providers.openai.apikey: unknown key"],
@@ -168,8 +169,8 @@ RULES = {
     "empty_deployments.yaml": ["models.woozlit/gpt-4o: must be a non-empty list of deployments"],
     "missing_section.yaml": ["models: is required"],
     "wrong_types.yaml": [
-        "providers.openai.headers: must be a mapping, got list",
         "providers.openai.timeouts.connect: must be a number, got 'fast'",
+        "providers.openai.headers: must be a mapping, got list",
         "models.woozlit/gpt-4o: must be a non-empty list of deployments",
         "server.port: must be a number, got '8080.5'",
         "server.max_body_bytes: must be an integer",
