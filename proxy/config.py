@@ -1,26 +1,56 @@
 """Configuration: YAML in, frozen typed objects out, validated once at start.
 
-`${VAR}` and `${VAR:-default}` are substituted from the environment in every string value.
-Every problem is reported with the file and the path inside it, e.g.
-`config/woozlit.yaml: models.woozlit/gpt-4o[0].provider: unknown provider 'opnai'`,
-and all problems are reported at once rather than the first only.
+The frozen dataclasses below are the schema of the config file, and pydantic validates it:
+a field's type, default and bounds are its rule; the few rules that look past one field are
+validators next to the field they constrain. Reading a file goes:
+
+1. `yaml.safe_load`;
+2. `${VAR}` and `${VAR:-default}` are substituted from the environment in every string value
+   of the document (keys are left as written); a `${VAR}` unset is an error;
+3. pydantic validates the result into a `Config`: unknown keys are errors (extra="forbid"),
+   numbers may be strings that read as numbers (a substituted `"${PORT}"`) but not booleans,
+   and every problem is collected, not the first only;
+4. each problem becomes one line naming the file and the path inside it, e.g.
+   `config/woozlit.yaml: models.woozlit/gpt-4o[0].provider: unknown provider 'opnai'`
+   (`_message` words pydantic's errors as ours), and `ConfigError` carries them all.
+
+Three fields are facts about the file rather than keys in it: `Config.path`, a provider's
+`name` (its key under `providers`) and its `api_key_env` (the variable its `api_key` was read
+from). A file is validated by alias only (`by_name=False`), these fields' aliases are in
+angle brackets and are filled in by the validators that know them, so a file that sets
+`name:` gets "unknown key". Built in Python (tests), every class takes its fields by name or
+position, as a plain dataclass does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Mapping
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 PUBLIC_PREFIX = "woozlit/"
-PROVIDER_KINDS = ("openai", "anthropic", "gemini")
 # The routing table shipped inside the package (config/woozlit.yaml in the repository is a
 # link to it), so that every command finds it from any directory and in any install.
 DEFAULT_CONFIG_PATH = str(resources.files("proxy") / "woozlit.yaml")
@@ -36,13 +66,27 @@ PUBLIC_API_HOSTS = frozenset(
     }
 )
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-_T = TypeVar("_T")
-
 DEFAULT_MAX_CONCURRENT = 64
 MAX_TOKENS_PARAMETERS = ("max_tokens", "max_completion_tokens")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+REQUIRED_TIERS = ("free", "premium")  # the tiers accounts are created in (proxy/accounts.py)
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+_Loc = tuple[str | int, ...]  # a path inside the document
+
+
+class Kind(StrEnum):
+    """The upstream APIs the gateway speaks: a provider's `kind`.
+
+    The one list of them. proxy/providers/__init__.py maps each to the class that speaks it
+    (mypy fails on a kind without one); it lives here because the provider modules import
+    this one, so this one cannot import them.
+    """
+
+    OPENAI = "openai"  # Chat Completions: OpenAI, DeepSeek, vLLM, Ollama
+    ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
 
 
 class ConfigError(Exception):
@@ -53,121 +97,396 @@ class ConfigError(Exception):
         super().__init__("\n".join(errors))
 
 
-@dataclass(frozen=True, slots=True)
+def _invalid(message: str) -> PydanticCustomError:
+    """One of our rules broken; `message` is the line's end (a template would read its braces)."""
+    return PydanticCustomError("woozlit", "{message}", {"message": message})
+
+
+# -- field rules ----------------------------------------------------------------------------
+
+
+def _number(parse: Callable[[str], float]) -> BeforeValidator:
+    """A number may be a string (a substituted variable), read as Python reads it; NaN is none."""
+
+    def read(value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = parse(value)
+            except ValueError:
+                raise _invalid(f"must be a number, got {value!r}") from None
+        if isinstance(value, float) and value != value:
+            raise _invalid("must be a number")
+        return value
+
+    return BeforeValidator(read)
+
+
+# Strict: a boolean is not a number, nor 1.5 an integer.
+_Float = Annotated[float, _number(float), Strict()]
+_Int = Annotated[int, _number(int), Strict()]
+_Positive = Annotated[_Float, Field(ge=0.001)]  # seconds that must pass: 0 would never wait
+_NonNegative = Annotated[_Float, Field(ge=0)]
+_Count = Annotated[_Int, Field(ge=1)]
+_Natural = Annotated[_Int, Field(ge=0)]
+
+
+def _http_url(value: str) -> str:
+    """An http(s) URL with a host and a valid port, without its trailing slash."""
+    value = value.rstrip("/")
+    try:
+        parts = urlsplit(value)  # raises on a broken IPv6 literal
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        valid = valid and (parts.port or 0) >= 0  # `port` raises on a bad one
+    except ValueError:
+        valid = False
+    if not valid:
+        raise _invalid(f"must be an http(s) URL, got {value!r}")
+    return value
+
+
+def _host(url: object) -> str:
+    """The host of `url`, or "" (not a string, not a URL)."""
+    try:
+        return (urlsplit(url).hostname or "") if isinstance(url, str) else ""
+    except ValueError:
+        return ""
+
+
+def _kind(value: object) -> Kind:
+    if isinstance(value, str) and value in set(Kind):
+        return Kind(value)
+    raise _invalid(f"unknown kind {value!r} (one of {', '.join(Kind)})")
+
+
+def _max_tokens_parameter(value: str) -> str:
+    if value not in MAX_TOKENS_PARAMETERS:
+        raise _invalid(f"must be one of {', '.join(MAX_TOKENS_PARAMETERS)}, got {value!r}")
+    return value
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise _invalid(f"must be one of {', '.join(LOG_LEVELS)}")
+    return value.upper()
+
+
+def _true_or_false(value: object) -> object:
+    """YAML's booleans, or a string (a substituted variable): true, 1, false or 0."""
+    if isinstance(value, str):
+        return {"true": True, "1": True, "false": False, "0": False}.get(value.lower(), value)
+    return value
+
+
+def _request_fields(value: object) -> object:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise _invalid("must be a mapping of request fields")
+    return value
+
+
+def _origins(value: object) -> object:
+    if not isinstance(value, list | tuple) or not all(isinstance(o, str) and o for o in value):
+        raise _invalid('must be a list of origins (or ["*"])')
+    return tuple(o.rstrip("/") for o in value)
+
+
+def _public_name(name: str) -> str:
+    if not name.startswith(PUBLIC_PREFIX) or name == PUBLIC_PREFIX:
+        raise _invalid(f"model names must start with {PUBLIC_PREFIX!r}")
+    return name
+
+
+def _deployment_list(value: object) -> object:
+    if not isinstance(value, list | tuple) or not value:
+        raise _invalid("must be a non-empty list of deployments")
+    return value
+
+
+def _at_least_one(what: str) -> AfterValidator:
+    def check(value: Mapping[str, object]) -> Mapping[str, object]:
+        if not value:
+            raise _invalid(f"at least one {what} is required")
+        return value
+
+    return AfterValidator(check)
+
+
+# Where a missing required tier goes, so that it is reported at its own path, `tiers.free`,
+# along with the other tiers' problems.
+_ABSENT = object()
+
+
+def _required_tiers(tiers: object) -> object:
+    if not isinstance(tiers, dict):
+        return tiers
+    return {**tiers, **{name: _ABSENT for name in REQUIRED_TIERS if name not in tiers}}
+
+
+@dataclasses.dataclass
+class _Source:
+    """The validation context of one file: what validators need besides the value at hand."""
+
+    path: str
+    variables: Mapping[_Loc, str]  # where a value was substituted -> the first variable read
+    # Provider name -> its kind as written, from the raw `providers` (None: not a mapping), so
+    # that deployments are checked against it even when a provider has other problems.
+    kinds: dict[str, object] | None = None
+
+
+def _kinds(info: ValidationInfo) -> dict[str, object] | None:
+    """The configured providers' kinds, when validating a file (not a Python call)."""
+    return info.context.kinds if isinstance(info.context, _Source) else None
+
+
+# -- the schema -----------------------------------------------------------------------------
+
+_SCHEMA = ConfigDict(
+    extra="forbid",
+    coerce_numbers_to_str=True,  # `model: 3.5` is the string "3.5", not an error
+    validate_by_name=True,  # Python calls; a file is validated by alias only (parse_config)
+    validate_by_alias=True,
+)
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
 class Timeouts:
-    connect: float = 5.0
+    """A provider's timeouts (`providers.<name>.timeouts`), in seconds, each at least 0.001."""
+
+    connect: _Positive = 5.0
     # From sending the request to the response headers: a whole non-stream answer of a
     # reasoning model can take minutes.
-    first_byte: float = 300.0
-    idle: float = 120.0  # longest silence between two chunks of a body or stream
+    first_byte: _Positive = 300.0
+    idle: _Positive = 120.0  # longest silence between two chunks of a body or stream
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
 class ProviderConfig:
-    name: str
-    kind: str
-    base_url: str
-    api_key: str
-    api_key_env: str | None  # the variable the key comes from, to name it in errors
-    timeouts: Timeouts
+    """An upstream (`providers.<name>`): its API, where it is, its key, how long to wait."""
+
+    name: Annotated[str, Field(validation_alias="<name>")]  # its key under `providers`
+    kind: Annotated[Kind, BeforeValidator(_kind)]
+    base_url: Annotated[str, AfterValidator(_http_url)]  # http(s), no trailing slash
+    api_key: str = ""
+    # The variable the key comes from, to name it in errors (read off `api_key`'s `${VAR}`).
+    api_key_env: Annotated[str | None, Field(validation_alias="<api_key_env>")] = None
+    timeouts: Timeouts = dataclasses.field(default_factory=Timeouts)
     # The output cap of its deployments when the client sets none (None: the accounting's
     # default_completion_reserve); a deployment may set its own.
-    default_max_tokens: int | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    default_max_tokens: _Count | None = None
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # sent with each request
     # Where an OpenAI-compatible upstream reads the output cap: OpenAI's API takes
-    # max_completion_tokens (its reasoning models refuse max_tokens); DeepSeek, vLLM and
-    # Ollama read max_tokens.
-    max_tokens_parameter: str = "max_tokens"
+    # max_completion_tokens (its reasoning models refuse max_tokens), and a file's provider
+    # at api.openai.com defaults to it; DeepSeek, vLLM and Ollama read max_tokens.
+    max_tokens_parameter: Annotated[str, AfterValidator(_max_tokens_parameter)] = "max_tokens"
 
     @property
     def needs_key(self) -> bool:
-        return (urlsplit(self.base_url).hostname or "") in PUBLIC_API_HOSTS
+        """Whether it is a public API (PUBLIC_API_HOSTS), which refuses requests without a key."""
+        return _host(self.base_url) in PUBLIC_API_HOSTS
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_tokens_parameter_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_tokens_parameter" not in data:  # a file's provider
+            openai = _host(data.get("base_url")) == "api.openai.com"
+            return {
+                **data,
+                "max_tokens_parameter": "max_completion_tokens" if openai else "max_tokens",
+            }
+        return data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
 class Deployment:
-    provider: str
-    model: str
-    weight: int = 1  # share of the traffic among deployments of the same priority
-    priority: int = 0  # lower first; by default a deployment's place in the list
+    """One way to serve a public model (`models.<public>[i]`): a provider and its model.
+
+    Hashable, `params` aside: the router keys its circuit breakers by deployment.
+    """
+
+    provider: str  # a key of `providers`
+    model: Annotated[str, Field(min_length=1)]  # the upstream's name for it
+    weight: _Count = 1  # share of the traffic among deployments of the same priority
+    priority: _Natural = 0  # lower first; in a file, by default its place in the list
     # The output cap sent when the client sets none, and what such a request reserves of the
     # quota: the deployment's own, else its provider's, else the accounting's default.
-    default_max_tokens: int = 4096
+    default_max_tokens: _Count = 4096
     # Fields an OpenAI-kind deployment adds to every request body where the client did not
     # set them, e.g. DeepSeek V4's `thinking: {type: disabled}` for a model that must not think.
-    params: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    params: Annotated[Mapping[str, Any], BeforeValidator(_request_fields)] = dataclasses.field(
+        default_factory=dict, hash=False, compare=False
+    )
+
+    @field_validator("provider")
+    @classmethod
+    def _configured(cls, provider: str, info: ValidationInfo) -> str:
+        kinds = _kinds(info)
+        if kinds is not None and provider not in kinds:
+            raise _invalid(f"unknown provider {provider!r}")
+        return provider
+
+    @field_validator("params")
+    @classmethod
+    def _openai_only(cls, params: Mapping[str, Any], info: ValidationInfo) -> Mapping[str, Any]:
+        # Only the OpenAI kind sends the client's body on, fields added; the others translate it.
+        kinds, provider = _kinds(info), info.data.get("provider")
+        if params and kinds is not None and provider in kinds and kinds[provider] != Kind.OPENAI:
+            raise _invalid("is for deployments of kind openai only")
+        return params
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
 class Tier:
-    monthly_tokens: int | None  # None: unlimited
-    requests_per_minute: int
+    """An account tier (`tiers.<name>`): the limits of the accounts in it, unless overridden."""
+
+    monthly_tokens: _Natural | None  # None: unlimited
+    requests_per_minute: _Count
     # Requests of one key admitted and not finished, on all instances together.
-    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT
+    max_concurrent_requests: _Count = DEFAULT_MAX_CONCURRENT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _present(cls, data: Any) -> Any:
+        if data is _ABSENT:
+            raise _invalid("is required")
+        return data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
 class ServerConfig:
+    """The HTTP server (`server`); durations in seconds, each at least 0."""
+
     # None: chosen at start by the store (proxy/__main__.py): 127.0.0.1 with the embedded one.
     host: str | None = None
-    port: int = 8080
-    max_body_bytes: int = 4 * 1024 * 1024
-    default_temperature: float = 0.7
+    port: Annotated[_Natural, Field(le=65535)] = 8080
+    max_body_bytes: _Count = 4 * 1024 * 1024
+    default_temperature: _NonNegative = 0.7
     # On SIGTERM: /readyz answers 503 at once, new connections are still served for the grace
     # (so the load balancer can notice), then in-flight requests get up to drain_seconds.
-    shutdown_grace_seconds: float = 3.0
-    drain_seconds: float = 60.0
+    shutdown_grace_seconds: _NonNegative = 3.0
+    drain_seconds: _NonNegative = 60.0
     # A request body must arrive within this time (slow senders hold a connection each).
-    body_timeout_seconds: float = 30.0
+    body_timeout_seconds: _NonNegative = 30.0
     # A stream whose client has read nothing for this long (its socket is full and a write
     # waits) is ended and charged what was produced: a stalled client holds a provider's
     # connection, a quota hold and a slot of its key's concurrency.
-    client_read_timeout_seconds: float = 120.0
+    client_read_timeout_seconds: _NonNegative = 120.0
     # Origins whose browser pages may call the API (CORS; never the admin API). "*" (the
     # default, as OpenAI's API answers) lets any page call it with a key it holds.
-    cors_origins: tuple[str, ...] = ("*",)
+    cors_origins: Annotated[tuple[str, ...], BeforeValidator(_origins)] = ("*",)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
 class AccountingConfig:
+    """Quota holds and the store (`accounting`); each value at least 1 (seconds: 0.001)."""
+
     # Tokens reserved for the completion when the request sets no max_tokens.
-    default_completion_reserve: int = 4096
+    default_completion_reserve: _Count = 4096
     # A hold not settled within this time expires by itself: the instance that admitted the
     # request died. Instances renew the holds of their live requests every third of it, so
     # a request may last longer; this is how long a dead instance's holds (and slots of its
     # keys' concurrency) outlive it.
-    hold_ttl_seconds: int = 300
+    hold_ttl_seconds: _Count = 300
     # Timeout of every Redis call: a down store answers 503 quickly instead of hanging.
-    redis_timeout_seconds: float = 1.0
+    redis_timeout_seconds: _Positive = 1.0
     # How long the answer to a non-stream request with an Idempotency-Key is kept for replay.
-    idempotency_window_seconds: int = 86400
+    idempotency_window_seconds: _Count = 86400
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
 class RoutingConfig:
-    """Retries and fallbacks, before the first byte of an answer has gone out."""
+    """Retries and fallbacks, before the first byte of an answer has gone out (`routing`)."""
 
     # All attempts of one request, backoffs included, end by this deadline.
-    deadline_seconds: float = 30.0
+    deadline_seconds: _Positive = 30.0
     # Backoff before the next attempt: base * 2^(attempt-1), at most max, with full jitter.
-    backoff_base_seconds: float = 0.05
-    backoff_max_seconds: float = 1.0
+    backoff_base_seconds: _Positive = 0.05
+    backoff_max_seconds: _Positive = 1.0
     # A deployment failing this many times in a row is skipped for cooldown_seconds.
-    cooldown_after_failures: int = 3
-    cooldown_seconds: float = 30.0
+    cooldown_after_failures: _Count = 3
+    cooldown_seconds: _Positive = 30.0
 
 
-@dataclass(frozen=True, slots=True)
+_PublicName = Annotated[str, AfterValidator(_public_name)]  # woozlit/...
+_Deployments = Annotated[tuple[Deployment, ...], BeforeValidator(_deployment_list)]
+
+
+# Keyword-only, so that the fields are in the order they are validated in: a deployment's
+# default_max_tokens needs its provider and `accounting` validated first.
+@dataclass(frozen=True, slots=True, kw_only=True, config=_SCHEMA)
 class Config:
-    path: str
-    providers: Mapping[str, ProviderConfig]
-    models: Mapping[str, tuple[Deployment, ...]]
-    tiers: Mapping[str, Tier]
-    server: ServerConfig = field(default_factory=ServerConfig)
-    accounting: AccountingConfig = field(default_factory=AccountingConfig)
-    routing: RoutingConfig = field(default_factory=RoutingConfig)
-    log_level: str = "INFO"
-    access_log: bool = True  # one JSON line per request on stdout
+    """A whole config file: providers, the public models routed to them, tiers, settings."""
+
+    path: Annotated[str, Field(validation_alias="<path>")]  # the file it was read from
+    providers: Annotated[Mapping[str, ProviderConfig], _at_least_one("provider")]
+    accounting: AccountingConfig = dataclasses.field(default_factory=AccountingConfig)
+    models: Annotated[Mapping[_PublicName, _Deployments], _at_least_one("model")]
+    tiers: Annotated[Mapping[str, Tier], BeforeValidator(_required_tiers)]
+    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    routing: RoutingConfig = dataclasses.field(default_factory=RoutingConfig)
+    log_level: Annotated[str, AfterValidator(_log_level)] = "INFO"  # one of LOG_LEVELS
+    # One JSON line per request on stdout.
+    access_log: Annotated[bool, BeforeValidator(_true_or_false), Strict()] = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, data: Any, info: ValidationInfo) -> Any:
+        """Give the fields that are facts about the file, not keys in it."""
+        source = info.context
+        if not isinstance(source, _Source) or not isinstance(data, dict):
+            return data
+        data = {**data, "<path>": source.path}
+        providers = data.get("providers")
+        if isinstance(providers, dict):
+            source.kinds = {
+                str(name): spec.get("kind") if isinstance(spec, dict) else None
+                for name, spec in providers.items()
+            }
+            data["providers"] = {
+                name: {
+                    **spec,
+                    "<name>": str(name),
+                    "<api_key_env>": source.variables.get(("providers", name, "api_key")),
+                }
+                if isinstance(spec, dict)
+                else spec
+                for name, spec in providers.items()
+            }
+        return data
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _deployment_defaults(cls, models: Any, info: ValidationInfo) -> Any:
+        """A deployment's defaults that depend on where it is: `priority`, its place in the
+        list; `default_max_tokens`, its provider's, else accounting.default_completion_reserve.
+        """
+        if not isinstance(models, dict):
+            return models
+        providers: Mapping[str, ProviderConfig] = info.data.get("providers", {})
+        accounting: AccountingConfig = info.data.get("accounting", AccountingConfig())
+
+        def defaults(priority: int, spec: object) -> object:
+            if not isinstance(spec, dict):
+                return spec
+            name = spec.get("provider")
+            provider = providers.get(name) if isinstance(name, str) else None
+            cap = provider and provider.default_max_tokens
+            return {
+                "priority": priority,
+                "default_max_tokens": cap or accounting.default_completion_reserve,
+                **spec,
+            }
+
+        return {
+            public: [defaults(i, spec) for i, spec in enumerate(deployments)]
+            if isinstance(deployments, list)
+            else deployments
+            for public, deployments in models.items()
+        }
+
+
+_CONFIG = TypeAdapter(Config)
+
+
+# -- reading a file -------------------------------------------------------------------------
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -189,348 +508,92 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 
 def parse_config(raw: Any, path: str, env: Mapping[str, str]) -> Config:
-    """Validate an already-parsed YAML document."""
-    return _Parser(path, env).config(raw)
-
-
-class _Parser:
-    def __init__(self, path: str, env: Mapping[str, str]):
-        self.path = path
-        self.env = env
-        self.errors: list[str] = []
-
-    def error(self, where: str, message: str) -> None:
-        self.errors.append(
-            f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}"
+    """Substitute and validate an already-parsed YAML document (`path` names it in errors)."""
+    substitution = _Substitution(env)
+    document = substitution(raw, ())
+    errors = [
+        _line(path, where, f"environment variable {name} is not set")
+        for where, name in substitution.unset
+    ]
+    try:
+        config = _CONFIG.validate_python(
+            document, by_name=False, context=_Source(path, substitution.variables)
         )
+    except ValidationError as exc:
+        errors += [_line(path, e["loc"], _message(e)) for e in exc.errors()]
+    if errors:
+        raise ConfigError(errors)
+    return config
 
-    # -- scalars -------------------------------------------------------------------------
 
-    def substitute(self, value: str, where: str) -> str:
+class _Substitution:
+    """`${VAR}` and `${VAR:-default}` replaced in every string value of a document."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+        self.variables: dict[_Loc, str] = {}  # where -> the first variable read there
+        self.unset: list[tuple[_Loc, str]] = []
+
+    def __call__(self, node: Any, where: _Loc) -> Any:
+        if isinstance(node, dict):
+            return {key: self(value, (*where, key)) for key, value in node.items()}
+        if isinstance(node, list):
+            return [self(value, (*where, i)) for i, value in enumerate(node)]
+        if not isinstance(node, str):
+            return node
+
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            self.variables.setdefault(where, name)
             # As in the shell and docker compose, `:-` also replaces a variable set but empty.
             if default is not None and not self.env.get(name):
                 return default
             if name in self.env:
                 return self.env[name]
-            self.error(where, f"environment variable {name} is not set")
+            self.unset.append((where, name))
             return ""
 
-        return _VAR.sub(replace, value)
-
-    def mapping(
-        self, node: Any, where: str, allowed: set[str] | None, required: Collection[str] = ()
-    ) -> dict[Any, Any]:
-        """Check a mapping's keys; `allowed` None means any key (names chosen by the user)."""
-        if not isinstance(node, dict):
-            self.error(where, f"must be a mapping, got {_type_name(node)}")
-            return {}
-        for key in node:
-            if allowed is not None and key not in allowed:
-                self.error(_join(where, str(key)), "unknown key")
-        for key in sorted(set(required) - node.keys()):
-            self.error(_join(where, key), "is required")
-        return node
-
-    def string(self, node: Any, where: str) -> str:
-        if isinstance(node, bool) or not isinstance(node, (str, int, float)):
-            self.error(where, f"must be a string, got {_type_name(node)}")
-            return ""
-        return self.substitute(str(node), where)
-
-    def number(self, node: Any, where: str, *, minimum: float, integer: bool = False) -> Any:
-        if isinstance(node, str):
-            node = self.substitute(node, where)
-            try:
-                node = int(node) if integer else float(node)
-            except ValueError:
-                self.error(where, f"must be a number, got {node!r}")
-                return None
-        ok_types = (int,) if integer else (int, float)
-        if isinstance(node, bool) or not isinstance(node, ok_types) or node != node:  # NaN
-            self.error(where, f"must be {'an integer' if integer else 'a number'}")
-            return None
-        if node < minimum:
-            self.error(where, f"must be at least {minimum}")
-            return None
-        return node
-
-    def url(self, node: Any, where: str) -> str:
-        value = self.string(node, where).rstrip("/")
-        try:
-            parts = urlsplit(value)  # raises on a broken IPv6 literal
-            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
-            valid = valid and (parts.port or 0) >= 0  # `port` raises on a bad one
-        except ValueError:
-            valid = False
-        if not valid:
-            self.error(where, f"must be an http(s) URL, got {value!r}")
-        return value
-
-    # -- sections ------------------------------------------------------------------------
-
-    def config(self, raw: Any) -> Config:
-        top = self.mapping(
-            raw,
-            "",
-            {
-                "providers",
-                "models",
-                "tiers",
-                "server",
-                "accounting",
-                "routing",
-                "log_level",
-                "access_log",
-            },
-            {"providers", "models", "tiers"},
-        )
-        providers = self.providers(top.get("providers", {}))
-        accounting = self.numbers(
-            top.get("accounting", {}),
-            "accounting",
-            AccountingConfig(),
-            integer={
-                "default_completion_reserve",
-                "hold_ttl_seconds",
-                "idempotency_window_seconds",
-            },
-        )
-        models = self.models(
-            top.get("models", {}), providers, accounting.default_completion_reserve
-        )
-        tiers = self.tiers(top.get("tiers", {}))
-        server = self.server(top.get("server", {}))
-        routing = self.numbers(
-            top.get("routing", {}),
-            "routing",
-            RoutingConfig(),
-            integer={"cooldown_after_failures"},
-        )
-        log_level = self.string(top.get("log_level", "INFO"), "log_level").upper()
-        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            self.error("log_level", "must be one of DEBUG, INFO, WARNING, ERROR")
-        access_log = top.get("access_log", True)
-        if isinstance(access_log, str):
-            access_log = self.substitute(access_log, "access_log").lower()
-            access_log = {"true": True, "1": True, "false": False, "0": False}.get(access_log)
-        if not isinstance(access_log, bool):
-            self.error("access_log", "must be true or false")
-            access_log = True
-        if self.errors:
-            raise ConfigError(self.errors)
-        return Config(
-            self.path, providers, models, tiers, server, accounting, routing, log_level, access_log
-        )
-
-    def providers(self, node: Any) -> dict[str, ProviderConfig]:
-        out: dict[str, ProviderConfig] = {}
-        for name, spec in self.mapping(node, "providers", None).items():
-            where = f"providers.{name}"
-            spec = self.mapping(
-                spec,
-                where,
-                {
-                    "kind",
-                    "base_url",
-                    "api_key",
-                    "timeouts",
-                    "default_max_tokens",
-                    "max_tokens_parameter",
-                    "headers",
-                },
-                {"kind", "base_url"},
-            )
-            kind = self.string(spec.get("kind", ""), f"{where}.kind")
-            if "kind" in spec and kind not in PROVIDER_KINDS:
-                self.error(
-                    f"{where}.kind", f"unknown kind {kind!r} (one of {', '.join(PROVIDER_KINDS)})"
-                )
-            raw_key = spec.get("api_key", "")
-            key_var = _VAR.search(raw_key) if isinstance(raw_key, str) else None
-            headers = {
-                str(k): self.string(v, f"{where}.headers.{k}")
-                for k, v in self.mapping(spec.get("headers", {}), f"{where}.headers", None).items()
-            }
-            base_url = self.url(spec.get("base_url", ""), f"{where}.base_url")
-            out[str(name)] = ProviderConfig(
-                name=str(name),
-                kind=kind,
-                base_url=base_url,
-                api_key=self.string(raw_key, f"{where}.api_key"),
-                api_key_env=key_var.group(1) if key_var else None,
-                timeouts=self.numbers(spec.get("timeouts", {}), f"{where}.timeouts", Timeouts()),
-                default_max_tokens=self.cap(spec, where),
-                headers=headers,
-                max_tokens_parameter=self.max_tokens_parameter(spec, where, base_url),
-            )
-        if not out and not self.errors:
-            self.error("providers", "at least one provider is required")
-        return out
-
-    def numbers(self, node: Any, where: str, defaults: _T, integer: Collection[str] = ()) -> _T:
-        """A section of positive numbers (the fields of `defaults`, which gives their defaults)."""
-        names = [f.name for f in fields(defaults)]  # type: ignore[arg-type]
-        spec = self.mapping(node, where, set(names))
-        values = {}
-        for name in names:
-            default = getattr(defaults, name)
-            value = self.number(
-                spec.get(name, default), f"{where}.{name}", minimum=0.001, integer=name in integer
-            )
-            values[name] = default if value is None else value
-        return replace(defaults, **values)  # type: ignore[type-var]
-
-    def cap(self, spec: Mapping[str, Any], where: str) -> int | None:
-        """An optional `default_max_tokens`: a positive integer."""
-        if "default_max_tokens" not in spec:
-            return None
-        value = self.number(
-            spec["default_max_tokens"], f"{where}.default_max_tokens", minimum=1, integer=True
-        )
-        return int(value) if value is not None else None
-
-    def max_tokens_parameter(self, spec: Mapping[str, Any], where: str, base_url: str) -> str:
-        """OpenAI's own API by default takes max_completion_tokens; other servers max_tokens."""
-        try:
-            openai = (urlsplit(base_url).hostname or "") == "api.openai.com"
-        except ValueError:  # a bad URL, reported by `url`
-            openai = False
-        default = "max_completion_tokens" if openai else "max_tokens"
-        value = self.string(
-            spec.get("max_tokens_parameter", default), f"{where}.max_tokens_parameter"
-        )
-        if value not in MAX_TOKENS_PARAMETERS:
-            self.error(
-                f"{where}.max_tokens_parameter",
-                f"must be one of {', '.join(MAX_TOKENS_PARAMETERS)}, got {value!r}",
-            )
-        return value
-
-    def models(
-        self, node: Any, providers: Mapping[str, ProviderConfig], default_cap: int
-    ) -> dict[str, tuple[Deployment, ...]]:
-        out: dict[str, tuple[Deployment, ...]] = {}
-        for public, deployments in self.mapping(node, "models", None).items():
-            where = f"models.{public}"
-            if (
-                not isinstance(public, str)
-                or not public.startswith(PUBLIC_PREFIX)
-                or public == PUBLIC_PREFIX
-            ):
-                self.error(where, f"model names must start with {PUBLIC_PREFIX!r}")
-            if not isinstance(deployments, list) or not deployments:
-                self.error(where, "must be a non-empty list of deployments")
-                continue
-            parsed = []
-            for i, dep in enumerate(deployments):
-                dwhere = f"{where}[{i}]"
-                dep = self.mapping(
-                    dep,
-                    dwhere,
-                    {"provider", "model", "weight", "priority", "default_max_tokens", "params"},
-                    {"provider", "model"},
-                )
-                provider = self.string(dep.get("provider", ""), f"{dwhere}.provider")
-                if "provider" in dep and provider not in providers:
-                    self.error(f"{dwhere}.provider", f"unknown provider {provider!r}")
-                model = self.string(dep.get("model", ""), f"{dwhere}.model")
-                if "model" in dep and not model:
-                    self.error(f"{dwhere}.model", "must not be empty")
-                weight = self.number(
-                    dep.get("weight", 1), f"{dwhere}.weight", minimum=1, integer=True
-                )
-                priority = self.number(
-                    dep.get("priority", i), f"{dwhere}.priority", minimum=0, integer=True
-                )
-                provider_cap = (
-                    providers[provider].default_max_tokens if provider in providers else None
-                )
-                cap = self.cap(dep, dwhere) or provider_cap or default_cap
-                params = dep.get("params", {})
-                if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
-                    self.error(f"{dwhere}.params", "must be a mapping of request fields")
-                    params = {}
-                elif params and provider in providers and providers[provider].kind != "openai":
-                    self.error(f"{dwhere}.params", "is for deployments of kind openai only")
-                parsed.append(
-                    Deployment(
-                        provider,
-                        model,
-                        weight or 1,
-                        i if priority is None else priority,
-                        cap,
-                        params,
-                    )
-                )
-            out[str(public)] = tuple(parsed)
-        if not out and not self.errors:
-            self.error("models", "at least one model is required")
-        return out
-
-    def tiers(self, node: Any) -> dict[str, Tier]:
-        out: dict[str, Tier] = {}
-        for name, spec in self.mapping(node, "tiers", None).items():
-            where = f"tiers.{name}"
-            spec = self.mapping(
-                spec,
-                where,
-                {"monthly_tokens", "requests_per_minute", "max_concurrent_requests"},
-                {"monthly_tokens", "requests_per_minute"},
-            )
-            monthly = spec.get("monthly_tokens")
-            if monthly is not None:
-                monthly = self.number(monthly, f"{where}.monthly_tokens", minimum=0, integer=True)
-            rpm = self.number(
-                spec.get("requests_per_minute", 1),
-                f"{where}.requests_per_minute",
-                minimum=1,
-                integer=True,
-            )
-            concurrent = self.number(
-                spec.get("max_concurrent_requests", DEFAULT_MAX_CONCURRENT),
-                f"{where}.max_concurrent_requests",
-                minimum=1,
-                integer=True,
-            )
-            out[str(name)] = Tier(monthly, rpm or 1, concurrent or DEFAULT_MAX_CONCURRENT)
-        for required in ("free", "premium"):
-            if required not in out and isinstance(node, dict):
-                self.error(f"tiers.{required}", "is required")
-        return out
-
-    def server(self, node: Any) -> ServerConfig:
-        d = ServerConfig()
-        names = [f.name for f in fields(ServerConfig)]
-        spec = self.mapping(node, "server", set(names))
-        values: dict[str, Any] = {
-            "host": self.string(spec["host"], "server.host") if "host" in spec else d.host
-        }
-        origins = spec.get("cors_origins", list(d.cors_origins))
-        if not isinstance(origins, list) or not all(isinstance(o, str) and o for o in origins):
-            self.error("server.cors_origins", 'must be a list of origins (or ["*"])')
-            origins = []
-        values["cors_origins"] = tuple(o.rstrip("/") for o in origins)
-        for name in names[1:]:
-            if name == "cors_origins":
-                continue
-            default = getattr(d, name)
-            value = self.number(
-                spec.get(name, default),
-                f"server.{name}",
-                minimum=1 if name == "max_body_bytes" else 0,
-                integer=isinstance(default, int),
-            )
-            values[name] = default if value is None else value
-        if values["port"] > 65535:
-            self.error("server.port", "must be at most 65535")
-        return ServerConfig(**values)
+        return _VAR.sub(replace, node)
 
 
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+def _line(path: str, loc: _Loc, message: str) -> str:
+    """`file: path.in[0].file: message`; pydantic's `[key]` (the error is in a key) dropped."""
+    where = ""
+    for part in loc:
+        if isinstance(part, int):
+            where += f"[{part}]"
+        elif part != "[key]":
+            where += f".{part}" if where else part
+    return f"{path}: {where}: {message}" if where else f"{path}: {message}"
 
 
-def _type_name(node: Any) -> str:
+def _message(error: ErrorDetails) -> str:
+    """Pydantic's error in our words; ours (PydanticCustomError) are worded already."""
+    ctx = error.get("ctx", {})
+    match error["type"]:
+        case "missing" | "missing_argument" | "missing_keyword_only_argument":
+            return "is required"
+        case "extra_forbidden" | "unexpected_keyword_argument":
+            return "unknown key"
+        case "dict_type" | "dataclass_type" | "dataclass_args_type":
+            return f"must be a mapping, got {_type_name(error['input'])}"
+        case "string_type":
+            return f"must be a string, got {_type_name(error['input'])}"
+        case "int_type":
+            return "must be an integer"
+        case "float_type":
+            return "must be a number"
+        case "bool_type":
+            return "must be true or false"
+        case "greater_than_equal":
+            return f"must be at least {ctx['ge']}"
+        case "less_than_equal":
+            return f"must be at most {ctx['le']}"
+        case "string_too_short":
+            return "must not be empty"
+        case _:
+            return error["msg"]
+
+
+def _type_name(node: object) -> str:
     return "nothing" if node is None else type(node).__name__

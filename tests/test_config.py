@@ -9,8 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from proxy.config import ConfigError, load_config, parse_config
+from proxy.config import (
+    ConfigError,
+    Deployment,
+    Kind,
+    ProviderConfig,
+    Timeouts,
+    load_config,
+    parse_config,
+)
 from proxy.metrics import Metrics
 from proxy.routing import Router
 
@@ -143,6 +152,18 @@ def test_substitution_in_numbers_and_urls():
     assert config.server.max_body_bytes == 2048
 
 
+def test_substitution_reaches_every_string_value():
+    raw = minimal(headers={"x-team": "${TEAM}"})
+    raw["models"]["woozlit/gpt-4o"][0]["params"] = {"user": "${TEAM}", "n": ["${TEAM}"]}
+    raw["server"] = {"cors_origins": ["${ORIGIN}"]}
+    raw["log_level"] = "${LEVEL:-warning}"
+    config = parse_config(raw, "t.yaml", {"TEAM": "blue", "ORIGIN": "https://app.example/"})
+    assert config.providers["openai"].headers == {"x-team": "blue"}
+    assert config.models["woozlit/gpt-4o"][0].params == {"user": "blue", "n": ["blue"]}
+    assert config.server.cors_origins == ("https://app.example",)  # trailing slash dropped
+    assert config.log_level == "WARNING"
+
+
 def test_key_variable_is_remembered_for_error_messages():
     config = parse_config(minimal(api_key="${MY_PROVIDER_KEY:-}"), "t.yaml", {})
     assert config.providers["openai"].api_key_env == "MY_PROVIDER_KEY"
@@ -150,7 +171,8 @@ def test_key_variable_is_remembered_for_error_messages():
 
 # -- one fixture per rule -----------------------------------------------------------------
 
-# fixture file -> the error lines it must give (after "<file>: "), all of them, in order.
+# fixture file -> the error lines it must give (after "<file>: "), all of them, in order: the
+# order of the schema's fields (proxy/config.py), section by section.
 RULES = {
     "unknown_top_level_key.yaml": ["log_levle: unknown key"],
     "unknown_provider_key.yaml": ["providers.openai.apikey: unknown key"],
@@ -168,9 +190,10 @@ RULES = {
     "empty_deployments.yaml": ["models.woozlit/gpt-4o: must be a non-empty list of deployments"],
     "missing_section.yaml": ["models: is required"],
     "wrong_types.yaml": [
-        "providers.openai.headers: must be a mapping, got list",
         "providers.openai.timeouts.connect: must be a number, got 'fast'",
+        "providers.openai.headers: must be a mapping, got list",
         "models.woozlit/gpt-4o: must be a non-empty list of deployments",
+        "server.host: must be a string, got list",
         "server.port: must be a number, got '8080.5'",
         "server.max_body_bytes: must be an integer",
         "server.default_temperature: must be a number",
@@ -186,6 +209,41 @@ RULES = {
     ],
     "invalid_yaml.yaml": [
         "line 4, column 1: invalid YAML: expected ',' or '}', but got '<scalar>'"
+    ],
+    "unknown_nested_keys.yaml": [
+        "providers.openai.timeouts.conect: unknown key",
+        "accounting.hold_ttl: unknown key",
+        "tiers.free.requests_per_hour: unknown key",
+        "server.prot: unknown key",
+        "routing.retries: unknown key",
+    ],
+    "missing_keys.yaml": [
+        "providers.openai.base_url: is required",
+        "models.woozlit/gpt-4o[0].model: is required",
+        "tiers.free.requests_per_minute: is required",
+    ],
+    "below_minimum_counts.yaml": [
+        "providers.openai.default_max_tokens: must be at least 1",
+        "accounting.hold_ttl_seconds: must be at least 1",
+        "accounting.redis_timeout_seconds: must be at least 0.001",
+        "models.woozlit/gpt-4o[0].priority: must be at least 0",
+        "models.woozlit/gpt-4o[0].default_max_tokens: must be at least 1",
+        "tiers.free.requests_per_minute: must be at least 1",
+        "tiers.free.max_concurrent_requests: must be at least 1",
+        "routing.deadline_seconds: must be at least 0.001",
+        "routing.cooldown_after_failures: must be at least 1",
+    ],
+    "unknown_max_tokens_parameter.yaml": [
+        "providers.openai.max_tokens_parameter: must be one of max_tokens, "
+        "max_completion_tokens, got 'max_output_tokens'"
+    ],
+    "no_models.yaml": ["models: at least one model is required"],
+    "bad_cors_origins.yaml": ['server.cors_origins: must be a list of origins (or ["*"])'],
+    "bad_access_log.yaml": ["access_log: must be true or false"],
+    "reserved_keys.yaml": [
+        "providers.openai.name: unknown key",
+        "providers.openai.api_key_env: unknown key",
+        "path: unknown key",
     ],
 }
 
@@ -287,3 +345,69 @@ def test_deployment_params_only_on_openai_kind():
         parse_config(raw, "t.yaml", {})
     assert any("models.woozlit/a[0].params" in e and "openai" in e for e in info.value.errors)
     assert any("models.woozlit/o[0].params" in e for e in info.value.errors)
+
+
+# -- defaults that depend on other fields --------------------------------------------------
+
+
+def test_deployment_defaults_come_from_its_place_its_provider_and_accounting():
+    raw = minimal()
+    raw["providers"]["capped"] = {
+        "kind": "openai",
+        "base_url": "http://x",
+        "default_max_tokens": 100,
+    }
+    raw["accounting"] = {"default_completion_reserve": 2000}
+    raw["models"]["woozlit/gpt-4o"] = [
+        {"provider": "openai", "model": "a"},
+        {"provider": "capped", "model": "b"},
+        {"provider": "capped", "model": "c", "default_max_tokens": 7, "priority": 0},
+    ]
+    a, b, c = parse_config(raw, "t.yaml", {}).models["woozlit/gpt-4o"]
+    assert [a.priority, b.priority, c.priority] == [0, 1, 0]  # by default, its place
+    # Its own cap, else its provider's, else the accounting's reserve.
+    assert [a.default_max_tokens, b.default_max_tokens, c.default_max_tokens] == [2000, 100, 7]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "expected"),
+    [
+        ("https://api.openai.com/v1", "max_completion_tokens"),  # its reasoning models need it
+        ("https://api.deepseek.com", "max_tokens"),
+        ("http://127.0.0.1:8000/v1", "max_tokens"),  # vLLM, Ollama
+    ],
+)
+def test_max_tokens_parameter_defaults_by_host(base_url, expected):
+    config = parse_config(minimal(base_url=base_url), "t.yaml", {})
+    assert config.providers["openai"].max_tokens_parameter == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(False, False), ("false", False), ("0", False), ("TRUE", True)]
+)
+def test_access_log_reads_booleans_and_their_strings(value, expected):
+    config = parse_config({**minimal(), "access_log": value}, "t.yaml", {})
+    assert config.access_log is expected
+
+
+def test_deployments_are_checked_even_when_a_provider_is_invalid():
+    raw = minimal(base_url="ftp://x")
+    raw["models"]["woozlit/gpt-4o"] = [{"provider": "opnai", "model": "m"}]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "t.yaml", {})
+    assert info.value.errors == [
+        "t.yaml: providers.openai.base_url: must be an http(s) URL, got 'ftp://x'",
+        "t.yaml: models.woozlit/gpt-4o[0].provider: unknown provider 'opnai'",
+    ]
+
+
+def test_config_objects_are_built_in_python_as_dataclasses():
+    provider = ProviderConfig("p", "openai", "http://127.0.0.1:1/v1/", "k", None, Timeouts())
+    assert provider.kind == Kind.OPENAI == "openai"
+    assert provider.base_url == "http://127.0.0.1:1/v1"
+    assert provider.max_tokens_parameter == "max_tokens"
+    # The router keys its breakers by deployment: params take no part in hash and equality.
+    assert Deployment("p", "m", params={"x": 1}) == Deployment("p", "m")
+    assert len({Deployment("p", "m", params={"x": 1}), Deployment("p", "m")}) == 1
+    with pytest.raises(ValidationError):
+        Deployment("p", "")
