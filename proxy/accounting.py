@@ -149,7 +149,7 @@ class Accountant:
         owner = self._owners.get(digest)
         if owner is None:
             try:
-                value = await self.store.command("get", keys.key_digest(digest))
+                value = await self.store.get(keys.key_digest(digest))
             except ServiceUnavailable:
                 self._decisions["store"].inc()
                 raise
