@@ -103,7 +103,7 @@ async def _admin(args: argparse.Namespace) -> Any:
 
     from proxy.admin.accounts import Accounts
     from proxy.metrics import Metrics
-    from proxy.store import Store, connect
+    from proxy.store import open_store
 
     url = os.environ.get("WOOZLIT_REDIS_URL")
     if not url:
@@ -112,10 +112,9 @@ async def _admin(args: argparse.Namespace) -> Any:
         )
     config = _load(_config_path(args.config))
     try:
-        client = connect(url, 5.0)
+        store = open_store(url, 5.0, Metrics())
     except (ValueError, RedisClusterException) as exc:  # a bad scheme, port, host or option
         raise SystemExit(f"woozlit-proxy: WOOZLIT_REDIS_URL is not a Redis URL: {exc}") from None
-    store = Store(client, Metrics(), embedded=False)
     accounts = Accounts(store, config)
     try:
         if args.command == "account":

@@ -29,13 +29,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from proxy import api_keys
 from proxy.config import Config
 from proxy.core import Usage
 from proxy.errors import (
     Forbidden,
+    GatewayError,
     QuotaExceeded,
     RateLimited,
     ServiceUnavailable,
@@ -113,6 +114,8 @@ def token_headers(limit: int, remaining: int) -> dict[str, str]:
 
 
 class Accountant:
+    """Admit, settle and renew this process's requests against the store."""
+
     def __init__(self, store: Store, config: Config, metrics: Metrics):
         self.store = store
         self.metrics = metrics
@@ -149,7 +152,7 @@ class Accountant:
         owner = self._owners.get(digest)
         if owner is None:
             try:
-                value = await self.store.command("get", keys.key_digest(digest))
+                value = await self.store.get(keys.key_digest(digest))
             except ServiceUnavailable:
                 self._decisions["store"].inc()
                 raise
@@ -199,29 +202,33 @@ class Accountant:
                 gone = Admission(account_id, key_id, request_id, {}, hold=0)
                 self.settle_soon(gone, Usage(0, 0), "", served=False)
             raise
+        if reply[0] != "ok":
+            raise self._refusal(reply)
+        self._decisions["admitted"].inc()
+        rpm, remaining, reset_ms, limit = reply[1], reply[2], reply[3], reply[4]
+        headers = rate_headers(rpm, remaining, reset_ms)
+        headers.update(token_headers(limit, limit - reply[5] - reply[6]))
+        hold = reply[8] if limit >= 0 else -1
+        if mode == "hold":
+            self._live.setdefault(account_id, {})[request_id] = key_id
+        return Admission(account_id, key_id, request_id, headers, reply[7], hold, limit)
+
+    def _refusal(self, reply: list[Any]) -> GatewayError:
+        """The error for the admit script's refusal `reply`, counted by its reason."""
         code = reply[0]
-        if code == "ok":
-            self._decisions["admitted"].inc()
-            rpm, remaining, reset_ms, limit = reply[1], reply[2], reply[3], reply[4]
-            headers = rate_headers(rpm, remaining, reset_ms)
-            headers.update(token_headers(limit, limit - reply[5] - reply[6]))
-            hold = reply[8] if limit >= 0 else -1
-            if mode == "hold":
-                self._live.setdefault(account_id, {})[request_id] = key_id
-            return Admission(account_id, key_id, request_id, headers, reply[7], hold, limit)
         if code in ("unknown", "revoked"):
             self._decisions["auth"].inc()
-            raise Unauthorized("Invalid API key.")
+            return Unauthorized("Invalid API key.")
         if code == "disabled":
             self._decisions["forbidden"].inc()
-            raise Forbidden("This account is disabled.")
+            return Forbidden("This account is disabled.")
         if code == "nodev":
             self._decisions["forbidden"].inc()
-            raise Forbidden("This account does not have developer access; ask an administrator.")
+            return Forbidden("This account does not have developer access; ask an administrator.")
         if code == "rate":
             self._decisions["rate_limit"].inc()
             rpm, retry_ms = reply[1], reply[3]
-            raise RateLimited(
+            return RateLimited(
                 f"Rate limit of {rpm} requests per minute exceeded for this API key; "
                 f"retry after {-(-retry_ms // 1000)} s.",
                 headers={
@@ -231,7 +238,7 @@ class Accountant:
             )
         if code == "busy":
             self._decisions["concurrency"].inc()
-            raise TooManyConcurrent(
+            return TooManyConcurrent(
                 f"This API key already has {reply[1]} requests in progress, the most its plan "
                 "allows at once; retry when one has finished.",
                 headers={"Retry-After": "1", **rate_headers(reply[2], reply[3], reply[4])},
@@ -239,7 +246,7 @@ class Accountant:
         if code == "quota":
             self._decisions["quota"].inc()
             limit, rpm, remaining, reset_ms = reply[1], reply[4], reply[5], reply[6]
-            raise QuotaExceeded(
+            return QuotaExceeded(
                 headers={
                     "x-should-retry": "false",  # the openai SDKs would retry a 429 otherwise
                     **rate_headers(rpm, remaining, reset_ms),
@@ -247,7 +254,7 @@ class Accountant:
                 }
             )
         # 'duplicate': our request ids are random, so this is a bug, not the client's fault.
-        raise ServiceUnavailable(f"Unexpected answer from the accounting store: {code!r}.")
+        return ServiceUnavailable(f"Unexpected answer from the accounting store: {code!r}.")
 
     def settle_soon(self, admission: Admission, usage: Usage, model: str, *, served: bool) -> None:
         """Settle in the background: the answer need not wait for Redis to go out.

@@ -23,9 +23,6 @@ from proxy.store import Store, keys
 log = logging.getLogger("proxy.idempotency")
 
 MAX_KEY_LENGTH = 255
-# Delete a key only while it holds this request's pending marker: a request that gives its
-# key back never frees another's, nor a stored answer.
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end"
 
 
 def _digest(data: bytes | str) -> str:
@@ -64,12 +61,9 @@ class Claim:
 
     async def begin(self) -> bytes | None:
         """Take the key; or the stored answer of an earlier request with it."""
-        taken = await self.store.command(
-            "set", self.redis_key, self.marker, nx=True, px=self.pending_ms
-        )
-        if taken:
+        if await self.store.set(self.redis_key, self.marker, nx=True, px=self.pending_ms):
             return None
-        value: str | None = await self.store.command("get", self.redis_key)
+        value = await self.store.get(self.redis_key)
         if value is None:  # expired between the two calls: take it now
             return await self.begin()
         state, _, rest = value.partition(":")
@@ -85,7 +79,7 @@ class Claim:
         charged, so a store that is down now must not turn it into an error."""
         value = f"done:{self.body_digest}:{answer.decode()}"
         try:
-            await self.store.command("set", self.redis_key, value, xx=True, px=self.window_ms)
+            await self.store.set(self.redis_key, value, xx=True, px=self.window_ms)
         except ServiceUnavailable:
             log.warning("an answer could not be stored for its Idempotency-Key")
 
@@ -93,6 +87,8 @@ class Claim:
         """Free the key for the client's retry, if this request holds it (or let the pending
         marker expire)."""
         try:
-            await self.store.command("eval", _RELEASE, 1, self.redis_key, self.marker)
+            # Only while it holds this request's marker: a request that gives its key back
+            # never frees another's, nor a stored answer.
+            await self.store.delete_if_equal(self.redis_key, self.marker)
         except ServiceUnavailable:
             log.warning("an Idempotency-Key could not be freed; it expires by itself")

@@ -27,7 +27,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from proxy.app_state import ACCOUNTANT, STORE
-from proxy.store import keys
+from proxy.store import ClusterStore, keys
 from tests.conftest import (
     ADMIN_TOKEN,
     FakeUpstream,
@@ -275,7 +275,7 @@ async def test_accounts_spread_over_primaries_and_every_operation_works(
     gateway: GatewayFactory, fake_openai: FakeUpstream, cluster_url: str, cluster: LocalCluster
 ):
     gw = await gateway({"openai": openai_provider(fake_openai.url)}, MODELS, redis_url=cluster_url)
-    assert gw.app[STORE].cluster
+    assert isinstance(gw.app[STORE], ClusterStore)
     async with aiohttp.ClientSession() as session:
         accounts = [await _new_account(session, gw) for _ in range(12)]
         homes = {cluster.primary_of(keys.account(a)).port for a, _ in accounts}
@@ -352,7 +352,7 @@ async def test_quota_admits_exactly_k_across_two_instances(
     gateway: GatewayFactory, fake_openai: FakeUpstream, cluster_url: str, k: int
 ):
     a, b = await check_quota_admits_exactly_k(gateway, fake_openai, cluster_url, k)
-    assert a.app[STORE].cluster and b.app[STORE].cluster
+    assert isinstance(a.app[STORE], ClusterStore) and isinstance(b.app[STORE], ClusterStore)
 
 
 async def test_rate_limit_passes_exactly_r_across_two_instances(

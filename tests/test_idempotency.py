@@ -183,20 +183,20 @@ async def test_a_client_that_leaves_while_its_key_is_taken_leaves_it_free(
 
     gw = await gateway({"openai": openai_provider(fake_openai.url)}, MODELS, redis_url=redis_url)
     store = gw.app[STORE]
-    real_command = store.command
+    real_set = store.set
 
-    async def slow_take(method, *args, **kwargs):
-        result = await real_command(method, *args, **kwargs)
-        if method == "set" and kwargs.get("nx"):
+    async def slow_take(key, value, **kwargs):
+        result = await real_set(key, value, **kwargs)
+        if kwargs.get("nx"):
             await asyncio.sleep(1)
         return result
 
-    monkeypatch.setattr(store, "command", slow_take)
+    monkeypatch.setattr(store, "set", slow_take)
     async with aiohttp.ClientSession() as session:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
                 await post(session, gw, body(), "left-early")
-        monkeypatch.setattr(store, "command", real_command)
+        monkeypatch.setattr(store, "set", real_set)
         await asyncio.sleep(0.3)  # the key is given back
         status, _, headers = await post(session, gw, body(), "left-early")
     assert status == 200 and "Idempotent-Replayed" not in headers

@@ -9,13 +9,12 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import fakeredis
 import pytest
 
 from proxy.admin.accounts import Accounts
 from proxy.config import parse_config
 from proxy.metrics import Metrics
-from proxy.store import Store, keys, open_store
+from proxy.store import EmbeddedStore, RedisStore, Store, keys, open_store
 
 TIERS = {
     "free": {"monthly_tokens": 1000, "requests_per_minute": 3},
@@ -44,9 +43,11 @@ def month_at(ms: int) -> str:
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if request.param == "redis":
         store = open_store(request.getfixturevalue("redis_url"), 2.0, Metrics())
-        assert store.fast is not None  # the pipelined connection, as in production
+        assert isinstance(store, RedisStore)
+        assert store.pipelined is not None  # the pipelined connection, as in production
     else:
-        store = Store(fakeredis.FakeAsyncRedis(decode_responses=True), Metrics(), embedded=True)
+        store = open_store(None, 2.0, Metrics())
+        assert isinstance(store, EmbeddedStore)
     yield store
     await store.close()
 

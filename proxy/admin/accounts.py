@@ -118,14 +118,14 @@ class Accounts:
             ),
             "created_at": str(int(time.time())),
         }
-        await self.store.command("hset", keys.account(record["id"]), mapping=record)
+        await self.store.hset(keys.account(record["id"]), record)
         return _account_view(record)
 
     async def _raw_account(self, account_id: str) -> dict[str, str]:
-        raw = await self.store.command("hgetall", keys.account(account_id))
+        raw = await self.store.hgetall(keys.account(account_id))
         if not raw:
             raise NotFound(f"No account '{account_id}'.")
-        return dict(raw)
+        return raw
 
     async def get_account(self, account_id: str) -> dict[str, Any]:
         return _account_view(await self._raw_account(account_id))
@@ -154,7 +154,7 @@ class Accounts:
                 body["requests_per_minute"], "requests_per_minute", 1
             )
         if changes:
-            await self.store.command("hset", keys.account(account_id), mapping=changes)
+            await self.store.hset(keys.account(account_id), changes)
         raw.update(changes)
         return _account_view(raw)
 
@@ -175,10 +175,10 @@ class Accounts:
         }
         key_id = record["id"]
         # The key's record first, its lookups last: a key is usable only once complete.
-        await self.store.command("hset", keys.api_key(account_id, key_id), mapping=record)
-        await self.store.command("sadd", keys.account_keys(account_id), key_id)
-        await self.store.command("set", keys.key_owner(key_id), account_id)
-        await self.store.command("set", keys.key_digest(record["digest"]), f"{account_id}:{key_id}")
+        await self.store.hset(keys.api_key(account_id, key_id), record)
+        await self.store.sadd(keys.account_keys(account_id), key_id)
+        await self.store.set(keys.key_owner(key_id), account_id)
+        await self.store.set(keys.key_digest(record["digest"]), f"{account_id}:{key_id}")
         return {
             "id": key_id,
             "name": record["name"],
@@ -189,10 +189,10 @@ class Accounts:
 
     async def list_keys(self, account_id: str) -> list[dict[str, Any]]:
         await self._raw_account(account_id)
-        ids = sorted(await self.store.command("smembers", keys.account_keys(account_id)))
+        ids = sorted(await self.store.smembers(keys.account_keys(account_id)))
         out = []
         for key_id in ids:
-            raw = await self.store.command("hgetall", keys.api_key(account_id, key_id))
+            raw = await self.store.hgetall(keys.api_key(account_id, key_id))
             if raw:
                 out.append(
                     {
@@ -207,15 +207,15 @@ class Accounts:
         return sorted(out, key=lambda k: (k["created_at"], k["id"]))
 
     async def revoke_key(self, key_id: str) -> None:
-        account_id = await self.store.command("get", keys.key_owner(key_id))
+        account_id = await self.store.get(keys.key_owner(key_id))
         if not account_id:
             raise NotFound(f"No key '{key_id}'.")
         record = keys.api_key(account_id, key_id)
-        digest = await self.store.command("hget", record, "digest")
+        digest = await self.store.hget(record, "digest")
         # The flag is what every instance's admit script reads: this is the revocation.
-        await self.store.command("hset", record, "revoked", "1")
+        await self.store.hset(record, {"revoked": "1"})
         if digest:
-            await self.store.command("delete", keys.key_digest(digest))
+            await self.store.delete(keys.key_digest(digest))
 
     def effective_limit(self, raw: Mapping[str, str]) -> int | None:
         override = raw.get("monthly_token_limit")
@@ -228,8 +228,8 @@ class Accounts:
         """The month's usage of an account, in full (the admin's view)."""
         month = self.store.month() if month is None else check_month(month)
         raw = await self._raw_account(account_id)
-        counts = await self.store.command("hgetall", keys.usage(account_id, month))
-        held = await self.store.command("get", keys.held(account_id))
+        counts = await self.store.hgetall(keys.usage(account_id, month))
+        held = await self.store.get(keys.held(account_id))
         limit = self.effective_limit(raw)
         used = int(counts.get("used", 0))
         return {

@@ -1,0 +1,57 @@
+"""One Redis server (`redis://`, `rediss://`, `unix://`): the backend in production.
+
+The scripts of every request go over the pipelined connection (pipelined.py); everything
+else goes through redis-py. Over TLS (`rediss://`), which the pipelined connection does not
+speak, the scripts go through redis-py too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from proxy.metrics import Metrics
+from proxy.store.base import SCRIPTS, Store, source
+from proxy.store.pipelined import PipelinedScripts
+
+POOL_SIZE = 64
+
+
+def client_options(timeout: float) -> dict[str, Any]:
+    """redis-py's options for our clients: fail fast (short timeouts, one retry of a broken
+    connection), so that a store that is down is a 503 at once."""
+    return dict(
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=0,
+    )
+
+
+class RedisStore(Store):
+    """A Redis server at `url`; `timeout` in seconds for a connection and for a reply.
+    Raises ValueError for a URL redis-py cannot read."""
+
+    def __init__(self, url: str, timeout: float, metrics: Metrics) -> None:
+        self.pipelined: PipelinedScripts | None = None
+        if url.split("://", 1)[0] in ("redis", "unix"):
+            sources: dict[str, str] = {name: source(name) for name in SCRIPTS}
+            self.pipelined = PipelinedScripts(dict(parse_url(url)), sources, timeout)
+        # A bounded pool that makes a burst wait briefly for a connection, instead of opening
+        # one per concurrent request (and failing past the pool's size).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=timeout, **client_options(timeout)
+        )
+        # The client owns the pool: aclose() closes both.
+        super().__init__(aioredis.Redis.from_pool(pool), metrics)
+        self._evalsha = self.pipelined.evalsha if self.pipelined else self._registered
+
+    async def close(self) -> None:
+        if self.pipelined is not None:
+            self.pipelined.close()
+        await super().close()
