@@ -44,9 +44,12 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from tests.redis_binary import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -318,7 +321,7 @@ class Live:
         self.gateway_port = free_port()
         self.prometheus_port = free_port()
         self.fake_port = free_port()
-        self.redis: subprocess.Popen[bytes] | None = None
+        self.redis: RedisServer | None = None
 
     def spawn(
         self, name: str, *cmd: str | Path, env: dict[str, str] | None = None
@@ -340,23 +343,20 @@ class Live:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def start_redis(self) -> None:
-        self.redis = self.spawn(
-            "redis",
-            need("redis-server"),
-            "--port",
-            str(self.redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
+        """The tests' launcher (tests/redis_binary.py), with the redis-server found here."""
+        from tests.redis_binary import RedisServer
+
+        self.redis = RedisServer(
+            port=self.redis_port,
+            dir=self.tmp,
+            binary=need("redis-server"),
+            popen=lambda argv: self.spawn("redis", *argv),
         )
+        self.redis.start()
 
     def stop_redis(self) -> None:
         assert self.redis is not None
-        self.redis.terminate()
-        self.redis.wait(10)
+        self.redis.stop()
 
     def close(self) -> None:
         for proc in reversed(self.procs):
@@ -632,7 +632,6 @@ async def live_check(tmp: Path) -> list[str]:
         )
         config = gateway_config(live, flaky)
         (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
-        await wait_for("redis", lambda: _connects(live.redis_port))
         keys = await create_keys(redis_url, config)
 
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
