@@ -257,7 +257,8 @@ class Harness:
             "upstream",
             [
                 sys.executable,
-                str(HERE / "fake_upstream.py"),
+                "-m",
+                "tests.fakes",  # cwd is ROOT
                 "--port",
                 str(port),
                 "--chunks",
