@@ -13,6 +13,10 @@ The scenario is chosen by the upstream model name the gateway sends (the part be
     no-usage         an answer with no usage at all (the gateway must estimate)
     slow             chunks `delay` seconds apart (default 0.02), with send times recorded
     endless          chunks forever, 0.01 s apart, until the client goes away
+    thinking-<N>-<S>  DeepSeek thinking: the headers at once, `: keep-alive` every second
+                     for N seconds, then S seconds of silence, then the normal answer
+    chatty           the headers, then a comment every 0.3 s forever (with bytes a
+                     terminal would act on), and never an event
     truncated        the stream stops without [DONE]
     midstream-error  an error event after two chunks
     early-error-<code>  an error event with that `code` (and its type) before any chunk
@@ -82,13 +86,16 @@ SCENARIOS = (
     "o4-mini",
     "gpt-5",
     "tool-call-nulls",
+    "chatty",
 )
-# What the fake serves by default: every scenario; error-*, early-error-* and billing always.
+# What the fake serves by default: every scenario; error-*, early-error-*, thinking-* and
+# billing always.
 DEFAULT_MODELS = SCENARIOS
 # Scenarios that are more than a normal answer: `chunks` does not replace them.
 SPECIAL = frozenset(SCENARIOS) - {"gpt-4o-mini", "gpt-4o"}
 REASONING = re.compile(r"^(o\d|gpt-5)")
 ERROR_SCENARIO = re.compile(r"^error-(\d{3})(?:-(\w+))?$")
+THINKING = re.compile(r"^thinking-(\d+)-(\d+)$")
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 BOTH_CAPS = "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported."
 NOT_FOUND = b'{"error":{"message":"not found","type":"invalid_request_error"}}'
@@ -152,6 +159,7 @@ class FakeOpenAI:
             models is None
             or scenario in models
             or scenario.startswith(("error-", "early-error-"))
+            or THINKING.match(scenario) is not None
             or billing.scenario(scenario) is not None
         )
 
@@ -196,7 +204,7 @@ class FakeOpenAI:
             self.record.chunks is None
             or scenario in SPECIAL
             or REASONING.match(scenario)
-            or scenario.startswith(("error-", "early-error-", "deepseek"))
+            or scenario.startswith(("error-", "early-error-", "deepseek", "thinking-"))
         ):
             found = self._scripted, True
         else:
@@ -281,6 +289,14 @@ class FakeOpenAI:
             error = {"message": text, "type": kind, "param": None, "code": code}
             await resp.write(wire.event({"error": error}))
             return
+        if match := THINKING.match(scenario):
+            for _ in range(int(match[1])):
+                await asyncio.sleep(1.0)
+                await resp.write(b": keep-alive\n\n")
+            await asyncio.sleep(int(match[2]))
+        while scenario == "chatty":
+            await resp.write(b": ping \x1b[31m\x00\n\n")
+            await asyncio.sleep(0.3)
         await send(chunk({"role": "assistant", "content": ""}))
         if scenario == "tool-call-nulls":
             first = {"index": 0, "id": "call_1", "type": "function",
