@@ -31,14 +31,6 @@ ROOT = HERE.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def redis_server() -> str:
-    """The redis-server the tests use (tests/redis_binary.py): the machine's on PATH, else the
-    one pip installs; never pip's copy on PATH by mistake (it is Redis 6.2)."""
-    from tests.redis_binary import redis_binaries
-
-    return redis_binaries().server
-
-
 def free_port() -> int:
     """A loopback port nobody listens on now (small race: fine for a benchmark)."""
     with socket.socket() as s:
