@@ -64,6 +64,7 @@ from aiohttp import web
 
 from tests.fakes import billing, fast
 from tests.fakes import openai_wire as wire
+from tests.fakes.billing import BillingRecord
 from tests.fakes.faults import Faults
 from tests.fakes.openai_wire import CODE_TYPES
 
@@ -118,7 +119,7 @@ class Record:
     chunks: int | None = None  # the normal answer: the benchmarks' pre-encoded, this many chunks
     chunk_delay_ms: float = 0.0  # with `chunks`: every stream paced (-paced<MS> overrides it)
     faults: Faults | None = None  # every attempt a normal answer or a random fault
-    billing: billing.BillingRecord = field(default_factory=billing.BillingRecord)
+    billing: BillingRecord = field(default_factory=BillingRecord)  # the billing scenarios'
 
 
 Answer = Callable[[web.BaseRequest, dict[str, Any], str, str], Awaitable[web.StreamResponse]]
