@@ -21,19 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The fakes and the Redis launcher are the tests' (tests/fakes/, tests/redis_binary.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.redis_binary import RedisServer
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-
-
-def redis_server() -> str:
-    """The redis-server the tests use (tests/redis_binary.py): the machine's on PATH, else the
-    one pip installs; never pip's copy on PATH by mistake (it is Redis 6.2)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tests.redis_binary import redis_binaries
-
-    return redis_binaries().server
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -254,7 +249,8 @@ class Harness:
             "upstream",
             [
                 sys.executable,
-                str(HERE / "fake_upstream.py"),
+                "-m",
+                "tests.fakes",  # cwd is ROOT
                 "--port",
                 str(port),
                 "--chunks",
@@ -283,24 +279,19 @@ class Harness:
         return proc, port
 
     def start_redis(self) -> tuple[Proc, int]:
-        port = free_port()
-        proc = self.spawn(
-            "redis",
-            [
-                redis_server(),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            cpus=self.harness_cpus,
-        )
-        self.ready(proc, r"Ready to accept connections")
-        return proc, port
+        """A redis-server (nothing saved) started as the tests start theirs, but as our child:
+        its output in redis.log, pinned to the harness's cpus, its CPU time read."""
+        spawned: list[Proc] = []
+
+        def popen(argv: list[str]) -> subprocess.Popen[bytes]:
+            spawned.append(self.spawn("redis", argv, cpus=self.harness_cpus))
+            return spawned[-1].popen
+
+        server = RedisServer(dir=self.workdir / "redis-data", popen=popen)
+        server.dir.mkdir()
+        server.start(timeout=30)
+        spawned[-1].pin(spawned[-1].cpus)  # again, for threads started since
+        return spawned[-1], server.port
 
     def start_gateway(
         self,

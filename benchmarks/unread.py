@@ -7,7 +7,7 @@ what it had read but could not write. This module measures that: N raw-socket cl
 that send the request and never call recv(), against a fresh gateway, whose VmRSS is
 sampled every SAMPLE_EVERY seconds for the case's duration; the growth over its RSS before
 the streams, divided by N, is what one unread stream costs. The upstream is the fake
-upstream's endless stream (`-long` models, see fake_upstream.py), either as fast as the
+upstream's endless stream (`-long` models, see tests/fakes/fast.py), either as fast as the
 gateway takes it or paced at LONG_RATE chunks a second. For contrast, the same N streams
 read to the end of the duration as fast as the client can (an asyncio protocol counting
 bytes).

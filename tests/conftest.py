@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
-import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -25,7 +19,8 @@ from proxy.config import parse_config
 from proxy.server import GatewayRunner
 from tests.fakes.openai_upstream import Record, create_fake_openai
 from tests.openai_types import check_chunks, check_completion, stream_chunks
-from tests.redis_binary import redis_binaries
+from tests.redis_binary import RedisServer, redis_binaries
+from tests.redis_binary import free_port as free_port  # for the tests that import it from here
 
 ADMIN_TOKEN = "test-admin-token"
 # Concurrency is not what most tests are about: they may run hundreds of requests at once.
@@ -52,12 +47,6 @@ async def eventually(predicate: Callable[[], bool], seconds: float = 10.0) -> No
     raise AssertionError(f"still false after {seconds} s: {predicate}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Which redis-server the run started (tests/redis_binary.py), if it started one."""
     if redis_binaries.cache_info().currsize:
@@ -67,67 +56,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
 
 
-class RedisServer:
-    """A redis-server process of our own on a free port."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="woozlit-redis-")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.binary = redis_binaries().server
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-    def flush(self) -> None:
-        client = redis.Redis(port=self.port)
-        client.flushall()
-        client.close()
-
-
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
+    """The session's redis-server (tests/redis_binary.py); a test may stop and start it."""
     server = RedisServer()
+    server.start()
     yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
+    server.close()
 
 
 @pytest.fixture

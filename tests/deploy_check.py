@@ -44,9 +44,12 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from tests.redis_binary import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -264,46 +267,34 @@ EXPECTED_REFUSALS = {
     "store": REDIS_DOWN,
 }
 COOLDOWN_SECONDS = 3
-USAGE = {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}
+USAGE = {"prompt_tokens": 9, "completion_tokens": 7}  # the fake's (tests/fakes/fast.py)
 
 
 class Flaky:
-    """An OpenAI-compatible upstream that answers 500 while `failing`, else a small answer."""
+    """The fake OpenAI upstream (tests/fakes/openai_upstream.py) in this process, answering
+    500 while `failing`, else the benchmarks' small answer (usage: USAGE)."""
 
     def __init__(self) -> None:
-        self.failing = True
+        from tests.fakes.openai_upstream import Record
+
+        self.record = Record(models=None, keep=False, chunks=5, scenario="error-500")
         self.port = free_port()
         self.runner: Any = None
+
+    @property
+    def failing(self) -> bool:
+        return self.record.scenario is not None
+
+    @failing.setter
+    def failing(self, failing: bool) -> None:
+        self.record.scenario = "error-500" if failing else None
 
     async def start(self) -> None:
         from aiohttp import web
 
-        async def handle(request: web.Request) -> web.Response:
-            body = await request.json()
-            if self.failing:
-                return web.json_response(
-                    {"error": {"message": "boom", "type": "server_error"}}, status=500
-                )
-            return web.json_response(
-                {
-                    "id": "chatcmpl-flaky",
-                    "object": "chat.completion",
-                    "created": 1700000000,
-                    "model": body.get("model"),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": "ok"},
-                        }
-                    ],
-                    "usage": USAGE,
-                }
-            )
+        from tests.fakes.openai_upstream import create_fake_openai
 
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", handle)
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(create_fake_openai(self.record), access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
@@ -318,7 +309,7 @@ class Live:
         self.gateway_port = free_port()
         self.prometheus_port = free_port()
         self.fake_port = free_port()
-        self.redis: subprocess.Popen[bytes] | None = None
+        self.redis: RedisServer | None = None
 
     def spawn(
         self, name: str, *cmd: str | Path, env: dict[str, str] | None = None
@@ -340,23 +331,20 @@ class Live:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def start_redis(self) -> None:
-        self.redis = self.spawn(
-            "redis",
-            need("redis-server"),
-            "--port",
-            str(self.redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
+        """The tests' launcher (tests/redis_binary.py), with the redis-server found here."""
+        from tests.redis_binary import RedisServer
+
+        self.redis = RedisServer(
+            port=self.redis_port,
+            dir=self.tmp,
+            binary=need("redis-server"),
+            popen=lambda argv: self.spawn("redis", *argv),
         )
+        self.redis.start()
 
     def stop_redis(self) -> None:
         assert self.redis is not None
-        self.redis.terminate()
-        self.redis.wait(10)
+        self.redis.stop()
 
     def close(self) -> None:
         for proc in reversed(self.procs):
@@ -624,7 +612,8 @@ async def live_check(tmp: Path) -> list[str]:
         live.spawn(
             "fake-upstream",
             sys.executable,
-            ROOT / "benchmarks" / "fake_upstream.py",
+            "-m",
+            "tests.fakes",  # cwd is ROOT
             "--port",
             str(live.fake_port),
             "--chunks",
@@ -632,7 +621,6 @@ async def live_check(tmp: Path) -> list[str]:
         )
         config = gateway_config(live, flaky)
         (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
-        await wait_for("redis", lambda: _connects(live.redis_port))
         keys = await create_keys(redis_url, config)
 
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}

@@ -11,20 +11,12 @@ through NOSCRIPT, and the failover of a primary costs a few 503s, never a 500 or
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
-import redis
-from redis.cluster import RedisCluster
 
 from proxy.app_state import ACCOUNTANT, STORE
 from proxy.store import ClusterStore, keys
@@ -33,11 +25,10 @@ from tests.conftest import (
     FakeUpstream,
     Gateway,
     GatewayFactory,
-    free_port,
     openai_provider,
 )
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
-from tests.redis_binary import RedisBinaries, redis_binaries
+from tests.redis_binary import LocalCluster, RedisServer, redis_binaries, wait_until
 from tests.test_accounting import (
     MESSAGES,
     MODELS,
@@ -47,175 +38,8 @@ from tests.test_accounting import (
     usage_of,
 )
 
-NODE_TIMEOUT_MS = 1000
 TOKENS = PROMPT_TOKENS + COMPLETION_TOKENS
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if predicate():
-                return
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Redis Cluster: {what} not reached within {seconds} s")
-        time.sleep(0.02)
-
-
-def _can_bind(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-@dataclass
-class Node:
-    port: int
-    bus_port: int
-    dir: str
-    proc: subprocess.Popen[bytes] | None = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
-
-    def ping(self) -> bool:
-        with self.client() as c:
-            return bool(c.ping())
-
-    def info(self, section: str) -> dict:
-        with self.client() as c:
-            return c.info(section)
-
-    def cluster_info(self) -> dict:
-        with self.client() as c:
-            return c.cluster("info")
-
-
-@dataclass
-class LocalCluster:
-    """Six redis-server processes joined into a cluster by `redis-cli --cluster create`."""
-
-    binaries: RedisBinaries
-    root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="woozlit-cluster-"))
-    nodes: list[Node] = field(default_factory=list)
-
-    def start(self, primaries: int = 3, replicas: int = 1) -> None:
-        for i in range(primaries * (1 + replicas)):
-            port, bus_port = self.free_ports()
-            node = Node(port, bus_port, os.path.join(self.root, str(i)))
-            os.mkdir(node.dir)
-            self.nodes.append(node)
-            self.start_node(node)
-        for node in self.nodes:
-            _wait(node.ping, 10, f"node {node.port} up")
-        cli = self.binaries.cli
-        if cli is None:
-            raise RuntimeError("redis-cli is not installed (apt-get install redis-tools)")
-        nodes = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        subprocess.run(
-            [
-                cli,
-                "--cluster",
-                "create",
-                *nodes,
-                "--cluster-replicas",
-                str(replicas),
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        self.wait_healthy()
-
-    def free_ports(self) -> tuple[int, int]:
-        """A node's port and its cluster bus port, both free."""
-        if self.binaries.has_cluster_port:
-            return free_port(), free_port()
-        # Redis 6 has no --cluster-port: the bus is port + 10000, which must be free too.
-        for _ in range(1000):
-            port = free_port()
-            if port + 10000 <= 65535 and _can_bind(port + 10000):
-                return port, port + 10000
-        raise RuntimeError("no free port p with p + 10000 free too")
-
-    def start_node(self, node: Node) -> None:
-        bus = ["--cluster-port", str(node.bus_port)] if self.binaries.has_cluster_port else []
-        node.proc = subprocess.Popen(
-            [
-                self.binaries.server,
-                *("--port", str(node.port), "--bind", "127.0.0.1", "--dir", node.dir),
-                *("--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"),
-                *("--logfile", os.path.join(node.dir, "redis.log")),
-                *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-                *bus,  # not port + 10000 where it can be chosen: that may be > 65535
-                *("--cluster-node-timeout", str(NODE_TIMEOUT_MS)),
-                # A replica may take over however long it was cut off: a failover every time.
-                *("--cluster-replica-validity-factor", "0"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def live(self) -> list[Node]:
-        return [n for n in self.nodes if n.proc is not None]
-
-    def wait_healthy(self, seconds: float = 20) -> None:
-        """Every live node sees the cluster ok, and every replica is in sync with its primary."""
-
-        def healthy() -> bool:
-            for node in self.live():
-                if node.cluster_info()["cluster_state"] != "ok":
-                    return False
-                replication = node.info("replication")
-                if replication["role"] == "slave" and (
-                    replication["master_link_status"] != "up"
-                    or replication.get("master_sync_in_progress")
-                ):
-                    return False
-            return len(self.primaries()) == 3
-
-        _wait(healthy, seconds, "cluster_state:ok with replicas in sync")
-
-    def primaries(self) -> list[Node]:
-        return [n for n in self.live() if n.info("replication")["role"] == "master"]
-
-    def node(self, port: int) -> Node:
-        return next(n for n in self.nodes if n.port == port)
-
-    def primary_of(self, key: str) -> Node:
-        with RedisCluster(host="127.0.0.1", port=self.live()[0].port) as rc:
-            return self.node(int(rc.get_node_from_key(key).port))
-
-    def replica_of(self, primary: Node) -> Node:
-        with primary.client() as c:
-            slaves = c.info("replication")
-        return self.node(int(slaves["slave0"]["port"]))
-
-    @property
-    def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.live()[0].port}"
-
-    def flush(self) -> None:
-        for node in self.primaries():
-            with node.client() as c:
-                c.flushall()
-
-    def stop(self) -> None:
-        for node in self.live():
-            assert node.proc is not None
-            node.proc.terminate()
-        for node in self.nodes:
-            if node.proc is not None:
-                node.proc.wait(10)
-                node.proc = None
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +79,7 @@ async def _ask(session: aiohttp.ClientSession, gw: Gateway, key: str) -> tuple[i
         return r.status, await r.json()
 
 
-def _scripts_loaded(gw: Gateway, node: Node) -> list[bool]:
+def _scripts_loaded(gw: Gateway, node: RedisServer) -> list[bool]:
     """Whether `node` has the admit and settle scripts."""
     shas = [gw.app[STORE].scripts[name].sha for name in ("admit", "settle")]
     with node.client() as c:
@@ -407,7 +231,7 @@ async def test_manual_failover_of_a_primary(
     with replica.client() as c:
         c.cluster("failover")
     await asyncio.to_thread(
-        _wait, lambda: replica.info("replication")["role"] == "master", 10, "manual failover"
+        wait_until, lambda: replica.info("replication")["role"] == "master", 10, "manual failover"
     )
     done.set()
     batches = await asyncio.gather(*askers)
@@ -467,7 +291,7 @@ async def test_primary_lost_gives_503_at_worst_then_its_replica_serves(
         promoted = asyncio.Event()
         asking = asyncio.create_task(_keep_asking(gw, promoted, seconds=20))
         await asyncio.to_thread(
-            _wait, lambda: replica.info("replication")["role"] == "master", 15, "promotion"
+            wait_until, lambda: replica.info("replication")["role"] == "master", 15, "promotion"
         )
         promoted.set()
         outcomes = await asking

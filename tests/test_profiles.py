@@ -18,10 +18,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.conftest import ADMIN_TOKEN, FakeUpstream, Gateway, GatewayFactory, openai_provider
+from tests.fakes.openai_upstream import TEXT
 from tests.openai_types import check_chunks, check_completion, sse_chunks
 
 MODEL = "woozlit/gpt-4o-mini"
@@ -359,89 +358,51 @@ async def test_cors_origins_are_configurable(gateway, fake_openai, http):
 # -- silence before the first token ------------------------------------------------------------
 
 
-def thinking_upstream(comments: float, silence: float) -> web.Application:
-    """A DeepSeek-style upstream: 200 at once, `: keep-alive` every second for `comments`
-    seconds, then nothing for `silence` seconds, then a one-chunk answer."""
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        waited = 0.0
-        while waited < comments:
-            await asyncio.sleep(1.0)
-            waited += 1.0
-            await resp.write(b": keep-alive\n\n")
-        await asyncio.sleep(silence)
-        chunk = {
-            "id": "x",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": "deepseek-reasoner",
-            "choices": [{"index": 0, "delta": {"content": "Thought."}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-        }
-        await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n")
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", completions)
-    return app
-
-
 @pytest.mark.slow
-async def test_a_thinking_upstream_does_not_time_out_a_patient_client(gateway, http):
+async def test_a_thinking_upstream_does_not_time_out_a_patient_client(gateway, fake_openai, http):
     """Upstream: 200, comments every second for 4 s, then the answer. A client with a 3 s
     read timeout gets the headers within ~2 s, then the upstream's comments, then the answer."""
-    upstream = TestServer(thinking_upstream(comments=4, silence=0))
-    await upstream.start_server()
-    try:
-        gw = await gateway(
-            {"deepseek": openai_provider(str(upstream.make_url("/v1")))},
-            {"woozlit/deepseek-reasoner": [{"provider": "deepseek", "model": "deepseek-reasoner"}]},
-        )
-        timeout = aiohttp.ClientTimeout(sock_read=3)
-        started = time.perf_counter()
-        async with http.post(
-            gw.base_url + OPENAI + "/chat/completions",
-            json={"model": "woozlit/deepseek-reasoner", "messages": HELLO, "stream": True},
-            headers=gw.auth(),
-            timeout=timeout,
-        ) as resp:
-            headers_after = time.perf_counter() - started
-            assert resp.status == 200
-            body = await resp.read()
-        assert 1.5 < headers_after < 2.8, headers_after
-        assert body.count(b": keep-alive\n\n") >= 3  # ours at 2 s, then the upstream's
-        assert [c["choices"][0]["delta"].get("content") for c in sse_chunks(body)] == ["Thought."]
-    finally:
-        await upstream.close()
+    gw = await gateway(
+        {"deepseek": openai_provider(fake_openai.url)},
+        {"woozlit/deepseek-reasoner": [{"provider": "deepseek", "model": "thinking-4-0"}]},
+    )
+    timeout = aiohttp.ClientTimeout(sock_read=3)
+    started = time.perf_counter()
+    async with http.post(
+        gw.base_url + OPENAI + "/chat/completions",
+        json={"model": "woozlit/deepseek-reasoner", "messages": HELLO, "stream": True},
+        headers=gw.auth(),
+        timeout=timeout,
+    ) as resp:
+        headers_after = time.perf_counter() - started
+        assert resp.status == 200
+        body = await resp.read()
+    assert 1.5 < headers_after < 2.8, headers_after
+    assert body.count(b": keep-alive\n\n") >= 3  # ours at 2 s, then the upstream's
+    contents = [c["choices"][0]["delta"].get("content") for c in sse_chunks(body) if c["choices"]]
+    assert "".join(c or "" for c in contents) == "".join(TEXT)
 
 
 @pytest.mark.slow
-async def test_a_silent_upstream_gets_the_gateways_own_sign_of_life(gateway, http):
+async def test_a_silent_upstream_gets_the_gateways_own_sign_of_life(gateway, fake_openai, http):
     """No comments at all for 3 s: the headers and a comment of the gateway's at ~2 s."""
-    upstream = TestServer(thinking_upstream(comments=0, silence=3))
-    await upstream.start_server()
-    try:
-        gw = await gateway(
-            {"deepseek": openai_provider(str(upstream.make_url("/v1")))},
-            {"woozlit/deepseek-reasoner": [{"provider": "deepseek", "model": "deepseek-reasoner"}]},
-        )
-        started = time.perf_counter()
-        async with http.post(
-            gw.api + "/chat/completions",
-            json={"model": "woozlit/deepseek-reasoner", "messages": HELLO, "stream": True},
-            headers=gw.auth(),
-        ) as resp:
-            assert 1.5 < time.perf_counter() - started < 2.8
-            first = await resp.content.readuntil(b"\n\n")
-            assert first == b": keep-alive\n\n"
-            body = first + await resp.read()
-        assert 2.8 < time.perf_counter() - started
-        assert body.count(b": keep-alive") == 1
-        check_chunks(sse_chunks(body))
-    finally:
-        await upstream.close()
+    gw = await gateway(
+        {"deepseek": openai_provider(fake_openai.url)},
+        {"woozlit/deepseek-reasoner": [{"provider": "deepseek", "model": "thinking-0-3"}]},
+    )
+    started = time.perf_counter()
+    async with http.post(
+        gw.api + "/chat/completions",
+        json={"model": "woozlit/deepseek-reasoner", "messages": HELLO, "stream": True},
+        headers=gw.auth(),
+    ) as resp:
+        assert 1.5 < time.perf_counter() - started < 2.8
+        first = await resp.content.readuntil(b"\n\n")
+        assert first == b": keep-alive\n\n"
+        body = first + await resp.read()
+    assert 2.8 < time.perf_counter() - started
+    assert body.count(b": keep-alive") == 1
+    check_chunks(sse_chunks(body))
 
 
 async def test_a_fast_stream_carries_no_comment(gw, http):
@@ -454,51 +415,29 @@ async def test_a_fast_stream_carries_no_comment(gw, http):
     assert status == 200 and b": keep-alive" not in body
 
 
-def chatty_upstream() -> web.Application:
-    """200, then a comment every 0.3 s forever, with bytes a terminal would act on."""
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        while True:
-            await resp.write(b": ping \x1b[31m\x00\n\n")
-            await asyncio.sleep(0.3)
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", completions)
-    return app
-
-
 @pytest.mark.slow
-async def test_comments_alone_do_not_keep_a_stream_open(gateway, http, redis_url):
+async def test_comments_alone_do_not_keep_a_stream_open(gateway, fake_openai, http, redis_url):
     """Comments show a provider alive, not working: with no event for `first_byte` seconds
     the stream ends with an error event, and the provider's bytes never reach the client."""
-    upstream = TestServer(chatty_upstream())
-    await upstream.start_server()
-    try:
-        provider = openai_provider(
-            str(upstream.make_url("/v1")), timeouts={"connect": 1, "first_byte": 3, "idle": 1}
-        )
-        gw = await gateway(
-            {"chatty": provider},
-            {"woozlit/chatty": [{"provider": "chatty", "model": "x"}]},
-            redis_url=redis_url,
-        )
-        started = time.perf_counter()
-        status, _, body = await post(
-            http,
-            gw.base_url + OPENAI + "/chat/completions",
-            {"model": "woozlit/chatty", "messages": HELLO, "stream": True},
-            gw.auth(),
-        )
-        assert status == 200
-        assert 2.9 < time.perf_counter() - started < 4.5
-        assert b"\x1b" not in body and b"\x00" not in body and b"ping" not in body
-        assert body.count(b": keep-alive\n\n") >= 3
-        error = orjson.loads(body.rstrip().rsplit(b"\n", 1)[-1][6:])["error"]
-        assert error["code"] == "timeout" and "stalled" in error["message"]
-    finally:
-        await upstream.close()
+    provider = openai_provider(fake_openai.url, timeouts={"connect": 1, "first_byte": 3, "idle": 1})
+    gw = await gateway(
+        {"chatty": provider},
+        {"woozlit/chatty": [{"provider": "chatty", "model": "chatty"}]},
+        redis_url=redis_url,
+    )
+    started = time.perf_counter()
+    status, _, body = await post(
+        http,
+        gw.base_url + OPENAI + "/chat/completions",
+        {"model": "woozlit/chatty", "messages": HELLO, "stream": True},
+        gw.auth(),
+    )
+    assert status == 200
+    assert 2.9 < time.perf_counter() - started < 4.5
+    assert b"\x1b" not in body and b"\x00" not in body and b"ping" not in body
+    assert body.count(b": keep-alive\n\n") >= 3
+    error = orjson.loads(body.rstrip().rsplit(b"\n", 1)[-1][6:])["error"]
+    assert error["code"] == "timeout" and "stalled" in error["message"]
 
 
 async def test_refusals_of_a_known_key_carry_and_count_the_rate_limit(

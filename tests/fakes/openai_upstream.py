@@ -1,4 +1,6 @@
-"""A fake OpenAI-compatible upstream that speaks the real wire format, with scenarios.
+"""The fake OpenAI-compatible upstream: the real wire format, scenarios chosen per request,
+behaviours chosen by options. The tests, the benchmarks, the chaos run and the deploy check
+all use this one (`python -m tests.fakes` serves it on a port).
 
 The scenario is chosen by the upstream model name the gateway sends (the part before any
 `:`), so one fake serves many tests:
@@ -11,6 +13,10 @@ The scenario is chosen by the upstream model name the gateway sends (the part be
     no-usage         an answer with no usage at all (the gateway must estimate)
     slow             chunks `delay` seconds apart (default 0.02), with send times recorded
     endless          chunks forever, 0.01 s apart, until the client goes away
+    thinking-<N>-<S>  DeepSeek thinking: the headers at once, `: keep-alive` every second
+                     for N seconds, then S seconds of silence, then the normal answer
+    chatty           the headers, then a comment every 0.3 s forever (with bytes a
+                     terminal would act on), and never an event
     truncated        the stream stops without [DONE]
     midstream-error  an error event after two chunks
     early-error-<code>  an error event with that `code` (and its type) before any chunk
@@ -21,6 +27,18 @@ The scenario is chosen by the upstream model name the gateway sends (the part be
     hang             never answers
     gated            answers once the test sets `record.gate`
     o3, o4-mini, gpt-5...  a reasoning model: refuses `max_tokens` and a temperature but 1
+    answer-N, greedy-N, lying-N  billed as the real provider bills: caps per choice, `n`,
+                     a provider that bills past the cap or lies (tests/fakes/billing.py)
+    ...-paced<MS>, ...-long[<N>]  the benchmarks' paced and endless streams (fast.py)
+
+The options, on `Record`: `scenario` forces one scenario whatever the model (a provider that
+fails while the deploy check says so); `chunks` makes the normal answer the benchmarks'
+pre-encoded one of that many chunks, written straight to the transport (fast.py: the
+benchmarks compare the gateway with a bare passthrough, and the fake must cost next to
+nothing); `faults` makes every attempt a normal answer or a random fault (faults.py: the
+chaos run); `keep` false records nothing (a benchmark's millions of requests); `models` None
+serves any model name and lists none; `billing` holds the billing scenarios' settings and
+what they billed.
 
 Like OpenAI's API it refuses, with its error body and status: a model it does not serve
 (`record.models`; 404 `model_not_found`, or DeepSeek's 400 "Model Not Exist" on the
@@ -37,11 +55,18 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.fakes import billing, fast
+from tests.fakes import openai_wire as wire
+from tests.fakes.billing import BillingRecord
+from tests.fakes.faults import Faults
+from tests.fakes.openai_wire import CODE_TYPES
 
 TEXT = ["Hello", "!", " How", " can I", " help?"]
 PROMPT_TOKENS = 11
@@ -62,76 +87,297 @@ SCENARIOS = (
     "o4-mini",
     "gpt-5",
     "tool-call-nulls",
+    "chatty",
 )
-# What the fake serves by default: every scenario; error-* and early-error-* always.
+# What the fake serves by default: every scenario; error-*, early-error-*, thinking-* and
+# billing always.
 DEFAULT_MODELS = SCENARIOS
+# Scenarios that are more than a normal answer: `chunks` does not replace them.
+SPECIAL = frozenset(SCENARIOS) - {"gpt-4o-mini", "gpt-4o"}
 REASONING = re.compile(r"^(o\d|gpt-5)")
 ERROR_SCENARIO = re.compile(r"^error-(\d{3})(?:-(\w+))?$")
+THINKING = re.compile(r"^thinking-(\d+)-(\d+)$")
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-# The `type` OpenAI gives each error `code` (its "Error codes" guide).
-CODE_TYPES = {
-    "model_not_found": "invalid_request_error",
-    "insufficient_quota": "insufficient_quota",
-    "rate_limit_exceeded": "requests",
-    "unsupported_country_region_territory": "request_forbidden",
-    "invalid_api_key": "invalid_request_error",
-    "unsupported_parameter": "invalid_request_error",
-    "server_error": "server_error",
-}
+BOTH_CAPS = "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported."
+NOT_FOUND = b'{"error":{"message":"not found","type":"invalid_request_error"}}'
 
 
 @dataclass
 class Record:
+    """What the fake saw, and its options (the module's docstring)."""
+
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)  # perf_counter of each stream chunk
     disconnects: int = 0  # streams whose client went away before the end
     delay: float = 0.02
     gate: asyncio.Event = field(default_factory=asyncio.Event)
-    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))  # served
+    models: list[str] | None = field(default_factory=lambda: list(DEFAULT_MODELS))  # served
     api_key: str | None = None  # when set, requests without `Bearer <api_key>` get 401
+    scenario: str | None = None  # when set, every request gets it, whatever its model
+    keep: bool = True  # keep `requests` and `headers`
+    chunks: int | None = None  # the normal answer: the benchmarks' pre-encoded, this many chunks
+    chunk_delay_ms: float = 0.0  # with `chunks`: every stream paced (-paced<MS> overrides it)
+    faults: Faults | None = None  # every attempt a normal answer or a random fault
+    billing: BillingRecord = field(default_factory=BillingRecord)  # the billing scenarios'
 
 
-def _chunk(model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-    body = {
-        "id": "chatcmpl-upstream",
-        "object": "chat.completion.chunk",
-        "created": 1700000000,
-        "model": model,
-        "system_fingerprint": "fp_fake",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        **extra,
-    }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+Answer = Callable[[web.BaseRequest, dict[str, Any], str, str], Awaitable[web.StreamResponse]]
 
 
-def _usage(prompt: int = PROMPT_TOKENS, completion: int = COMPLETION_TOKENS) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+class FakeOpenAI:
+    """The fake, as one low-level handler: `handle` serves `POST .../chat/completions` and
+    `GET /v1/models`, `/models` under `web.Server` (`python -m tests.fakes`) or an app."""
+
+    def __init__(self, record: Record | None = None) -> None:
+        self.record = record if record is not None else Record()
+        self._fast: fast.FastAnswers | None = None
+        self._answers: dict[str, tuple[Answer, bool]] = {}  # by scenario (_answer_for)
+
+    @property
+    def fast(self) -> fast.FastAnswers:
+        if self._fast is None:
+            self._fast = fast.FastAnswers(self.record.chunks or 20, self.record.chunk_delay_ms)
+        return self._fast
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "POST" and request.path.endswith("/chat/completions"):
+            return await self.completions(request)
+        if request.method == "GET" and request.path in ("/v1/models", "/models"):
+            return self.list_models(request)
+        return web.Response(status=404, body=NOT_FOUND, content_type="application/json")
+
+    def key_refused(self, request: web.BaseRequest) -> web.Response | None:
+        key = self.record.api_key
+        if key is None or request.headers.get("Authorization") == f"Bearer {key}":
+            return None
+        return wire.error(401, "Incorrect API key provided.", "invalid_request_error", None,
+                          "invalid_api_key")  # fmt: skip
+
+    def serves(self, scenario: str) -> bool:
+        models = self.record.models
+        return (
+            models is None
+            or scenario in models
+            or scenario.startswith(("error-", "early-error-"))
+            or THINKING.match(scenario) is not None
+            or billing.scenario(scenario) is not None
+        )
+
+    async def completions(self, request: web.BaseRequest) -> web.StreamResponse:
+        record = self.record
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return wire.invalid("We could not parse the JSON body of your request.", None)
+        if record.keep:
+            record.requests.append(body)
+            record.headers.append(dict(request.headers))
+        if record.api_key is not None and (refused := self.key_refused(request)) is not None:
+            return refused
+        if record.faults is not None:
+            return await record.faults.answer(request, body)
+        model = body.get("model", "")
+        if not isinstance(model, str):
+            return wire.invalid("Invalid type for 'model': expected a string.", "model")
+        scenario = record.scenario or model.split(":")[0]
+        if not self.serves(scenario):
+            if not request.path.startswith("/v1/"):  # DeepSeek's base URL
+                return wire.invalid("Model Not Exist", None)
+            message = f"The model `{model}` does not exist or you do not have access to it."
+            return wire.error(404, message, "invalid_request_error", None, "model_not_found")
+        answer, checked = self._answers.get(scenario) or self._answer_for(scenario)
+        if checked and (refused := refusal(body, scenario)) is not None:
+            return refused
+        return await answer(request, body, model, scenario)
+
+    def _answer_for(self, scenario: str) -> tuple[Answer, bool]:
+        """What answers the scenario, and whether the body is checked first (not for the
+        benchmarks' answers: they are sent fixed, valid requests, and must cost nothing)."""
+        found: tuple[Answer, bool]
+        if fast.is_fast(scenario):
+            found = self._fast_answer, False
+        elif billing.scenario(scenario) is not None:
+            found = self._billed, True
+        elif (
+            self.record.chunks is None
+            or scenario in SPECIAL
+            or REASONING.match(scenario)
+            or scenario.startswith(("error-", "early-error-", "deepseek", "thinking-"))
+        ):
+            found = self._scripted, True
+        else:
+            found = self._fast_answer, False
+        if len(self._answers) < 1000:
+            self._answers[scenario] = found
+        return found
+
+    async def _fast_answer(
+        self, request: web.BaseRequest, body: dict[str, Any], model: str, scenario: str
+    ) -> web.StreamResponse:
+        return await self.fast.answer(request, body)
+
+    def list_models(self, request: web.BaseRequest) -> web.Response:
+        if (refused := self.key_refused(request)) is not None:
+            return refused
+        if self.record.models is None:
+            return web.Response(status=404, body=NOT_FOUND, content_type="application/json")
+        owner = "openai" if request.path.startswith("/v1/") else "deepseek"
+        data: list[dict[str, Any]] = []
+        for name in self.record.models:
+            entry: dict[str, Any] = {"id": name, "object": "model", "owned_by": owner}
+            if owner == "openai":
+                entry["created"] = wire.CREATED
+            data.append(entry)
+        return web.json_response({"object": "list", "data": data})
+
+    # -- scripted answers -------------------------------------------------------------------
+
+    async def _scripted(
+        self, request: web.BaseRequest, body: dict[str, Any], model: str, scenario: str
+    ) -> web.StreamResponse:
+        record = self.record
+        if scenario == "hang":
+            await asyncio.sleep(3600)
+        if scenario == "gated":
+            await record.gate.wait()
+        if scenario == "error-400":
+            return wire.error(400, "Invalid 'messages': too long.", "invalid_request_error")
+        if scenario == "error-401":
+            return wire.error(401, "Incorrect API key provided: sk-secret***",
+                              "invalid_request_error")  # fmt: skip
+        if scenario == "error-429":
+            return wire.error(429, "Rate limit reached.", "rate_limit_error",
+                              headers={"Retry-After": "7"})  # fmt: skip
+        if scenario == "error-500":
+            return wire.error(500, "The server had an error.", "server_error")
+        if match := ERROR_SCENARIO.match(scenario):
+            return _status_error(int(match[1]), match[2])
+        if not body.get("stream"):
+            usage = None if scenario == "no-usage" else wire.usage(PROMPT_TOKENS, COMPLETION_TOKENS)
+            answer = wire.completion(model, ["".join(TEXT)], usage)
+            return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        include_usage = (body.get("stream_options") or {}).get("include_usage")
+        try:
+            await self._stream(resp, scenario, model, include_usage)
+        except (ConnectionResetError, asyncio.CancelledError):
+            record.disconnects += 1
+            raise
+        return resp
+
+    async def _stream(
+        self, resp: web.StreamResponse, scenario: str, model: str, include_usage: bool
+    ) -> None:
+        record = self.record
+
+        async def send(data: dict[str, Any]) -> None:
+            record.sent_at.append(time.perf_counter())
+            await resp.write(wire.event(data))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict:
+            return wire.chunk(model, delta, finish, **extra)
+
+        usage = wire.usage(PROMPT_TOKENS, COMPLETION_TOKENS)
+        deepseek = scenario.startswith("deepseek")
+        if scenario.startswith("early-error-"):
+            code = scenario.removeprefix("early-error-")
+            kind, text = CODE_TYPES.get(code, "server_error"), f"Stream failed: {code}."
+            error = {"message": text, "type": kind, "param": None, "code": code}
+            await resp.write(wire.event({"error": error}))
+            return
+        if match := THINKING.match(scenario):
+            for _ in range(int(match[1])):
+                await asyncio.sleep(1.0)
+                await resp.write(b": keep-alive\n\n")
+            await asyncio.sleep(int(match[2]))
+        while scenario == "chatty":
+            await resp.write(b": ping \x1b[31m\x00\n\n")
+            await asyncio.sleep(0.3)
+        await send(chunk({"role": "assistant", "content": ""}))
+        if scenario == "tool-call-nulls":
+            first = {"index": 0, "id": "call_1", "type": "function",
+                     "function": {"name": "weather", "arguments": ""}}  # fmt: skip
+            await send(chunk({"role": None, "content": None, "tool_calls": [first]}))
+            for piece in ('{"city": ', '"Paris"}'):
+                call = {"index": 0, "id": None, "type": None,
+                        "function": {"name": None, "arguments": piece}}  # fmt: skip
+                await send(chunk({"role": None, "content": None, "tool_calls": [call]}))
+            await send(chunk({"content": None}, "tool_calls", usage=usage))
+            await resp.write(wire.DONE)
+            return
+        if scenario == "deepseek-reasoner":
+            for piece in ("Let me", " think."):
+                await send(chunk({"content": None, "reasoning_content": piece}))
+        if scenario == "endless":
+            while True:
+                await asyncio.sleep(0.01)
+                await send(chunk({"content": "la "}))
+        for i, piece in enumerate(TEXT):
+            if scenario == "slow":
+                await asyncio.sleep(record.delay)
+            if deepseek and i == 2:
+                await resp.write(b": keep-alive\n\n")
+            await send(chunk({"content": piece}))
+            if scenario == "midstream-error" and i == 1:
+                crash = {"error": {"message": "The model crashed.", "type": "server_error"}}
+                await resp.write(wire.event(crash))
+                return
+            if scenario == "truncated" and i == 2:
+                return
+        if deepseek:
+            await send(chunk({"content": ""}, "stop", usage=usage))
+        else:
+            await send(chunk({}, "stop"))
+            if include_usage and scenario != "no-usage":
+                await send(wire.usage_chunk(model, usage))
+        await resp.write(wire.DONE)
+
+    # -- billed answers (tests/fakes/billing.py) --------------------------------------------
+
+    async def _billed(
+        self, request: web.BaseRequest, body: dict[str, Any], model: str, scenario: str
+    ) -> web.StreamResponse:
+        record = self.record.billing
+        billed = billing.start(record, "openai", body)
+        if (refused := _caps_refusal(body)) is not None:
+            message, param, code = refused
+            error = {"message": message, "type": "invalid_request_error", "param": param,
+                     "code": code}  # fmt: skip
+            return billing.refused(billed, 400, {"error": error})
+        cap = body.get("max_completion_tokens")
+        cap = body.get("max_tokens") if cap is None else cap
+        n = body.get("n") or 1
+        messages = billing.dicts(body.get("messages"))
+        chars = sum(billing.text_chars(m.get("content")) for m in messages)
+        kind = billing.scenario(scenario)
+        assert kind is not None
+        billing.bill(record, billed, kind, cap, n, chars)
+        if not billed.stream:
+            return await billing.send(request, record, billed, [_billed_answer(billed)],
+                                      "application/json")  # fmt: skip
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        events = _billed_events(billed, record.chunk_tokens, include_usage)
+        return await billing.send(request, record, billed, events, "text/event-stream")
 
 
-def _error(
-    status: int, message: str, kind: str, param: str | None = None, code: str | None = None
-) -> web.Response:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def _invalid(message: str, param: str | None, code: str | None = None) -> web.Response:
-    return _error(400, message, "invalid_request_error", param, code)
-
-
-def _served(record: Record, scenario: str) -> bool:
-    return scenario in record.models or scenario.startswith(("error-", "early-error-"))
+def create_fake_openai(record: Record | None = None) -> web.Application:
+    """The fake as an app (for aiohttp's TestServer), recording into `record`."""
+    fake = FakeOpenAI(record)
+    app = web.Application(client_max_size=16 << 20)  # real APIs take bodies of many MiB
+    app.router.add_route("*", "/{path:.*}", fake.handle)
+    return app
 
 
 def _status_error(status: int, code: str | None) -> web.Response:
     """`error-<status>[-<code>]`: OpenAI's body for that status and code (DeepSeek's 402)."""
     if status == 402:
-        return _error(402, "Insufficient Balance", "unknown_error")
+        return wire.error(402, "Insufficient Balance", "unknown_error")
     messages = {
         404: "The model does not exist or you do not have access to it.",
         403: "Country, region, or territory not supported.",
@@ -144,37 +390,35 @@ def _status_error(status: int, code: str | None) -> web.Response:
     }
     message = messages.get(status, f"The server answered {status}.")
     kind = CODE_TYPES.get(code or "", "server_error" if status >= 500 else "invalid_request_error")
-    resp = _error(status, message, kind, None, code)
-    if status in (429, 503, 529):
-        resp.headers["Retry-After"] = "3"
-    return resp
+    headers = {"Retry-After": "3"} if status in (429, 503, 529) else None
+    return wire.error(status, message, kind, None, code, headers)
 
 
 def refusal(body: dict[str, Any], scenario: str) -> web.Response | None:
     """What OpenAI's chat completions API refuses in this body, as its answer; else None."""
     if REASONING.match(scenario):
         if "max_tokens" in body:
-            return _invalid(
+            return wire.invalid(
                 "Unsupported parameter: 'max_tokens' is not supported with this model."
                 " Use 'max_completion_tokens' instead.",
                 "max_tokens",
                 "unsupported_parameter",
             )
         if body.get("temperature") not in (None, 1, 1.0):
-            return _invalid(
+            return wire.invalid(
                 f"Unsupported value: 'temperature' does not support {body['temperature']}"
                 " with this model. Only the default (1) value is supported.",
                 "temperature",
                 "unsupported_value",
             )
     if body.get("stream_options") is not None and not body.get("stream"):
-        return _invalid(
+        return wire.invalid(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             "stream_options",
         )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        return _invalid(
+        return wire.invalid(
             "Invalid 'messages': empty array. Expected an array with minimum length 1.",
             "messages",
             "empty_array",
@@ -183,12 +427,12 @@ def refusal(body: dict[str, Any], scenario: str) -> web.Response | None:
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ROLES:
-            return _invalid(f"Invalid value: '{role}'. Supported values are: {sorted(ROLES)}.",
-                            f"messages[{i}].role", "invalid_value")  # fmt: skip
+            return wire.invalid(f"Invalid value: '{role}'. Supported values are: {sorted(ROLES)}.",
+                                f"messages[{i}].role", "invalid_value")  # fmt: skip
         if role == "tool":
             answered = message.get("tool_call_id")
             if answered not in pending:
-                return _invalid(
+                return wire.invalid(
                     "Invalid parameter: messages with role 'tool' must be a response to a"
                     " preceding message with 'tool_calls'.",
                     f"messages.[{i}].role",
@@ -202,7 +446,7 @@ def refusal(body: dict[str, Any], scenario: str) -> web.Response | None:
             pending = [c.get("id") for c in calls if isinstance(c, dict)]
             for j, call_id in enumerate(pending):
                 if isinstance(call_id, str) and len(call_id) > 40:
-                    return _invalid(
+                    return wire.invalid(
                         f"Invalid 'messages[{i}].tool_calls[{j}].id': string too long. Expected"
                         f" a string with maximum length 40, but got a string with length"
                         f" {len(call_id)} instead.",
@@ -215,7 +459,7 @@ def refusal(body: dict[str, Any], scenario: str) -> web.Response | None:
 
 
 def _unanswered(i: int, ids: list[str]) -> web.Response:
-    return _invalid(
+    return wire.invalid(
         "An assistant message with 'tool_calls' must be followed by tool messages responding"
         " to each 'tool_call_id'. The following tool_call_ids did not have response messages: "
         + ", ".join(ids),
@@ -223,157 +467,61 @@ def _unanswered(i: int, ids: list[str]) -> web.Response:
     )
 
 
-def create_fake_openai(record: Record | None = None) -> web.Application:
-    record = record or Record()
-    app = web.Application(client_max_size=16 << 20)  # real APIs take bodies of many MiB
-
-    def key_refused(request: web.Request) -> web.Response | None:
-        if record.api_key is None or request.headers.get("Authorization") == (
-            f"Bearer {record.api_key}"
-        ):
-            return None
-        return _error(401, "Incorrect API key provided.", "invalid_request_error", None,
-                      "invalid_api_key")  # fmt: skip
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        record.requests.append(body)
-        record.headers.append(dict(request.headers))
-        if (refused := key_refused(request)) is not None:
-            return refused
-        model = body.get("model", "")
-        scenario = model.split(":")[0]
-        deepseek = not request.path.startswith("/v1/")
-        if not _served(record, scenario):
-            if deepseek:
-                return _invalid("Model Not Exist", None)
-            return _error(404, f"The model `{model}` does not exist or you do not have access"
-                          " to it.", "invalid_request_error", None, "model_not_found")  # fmt: skip
-        if (refused := refusal(body, scenario)) is not None:
-            return refused
-        if scenario == "hang":
-            await asyncio.sleep(3600)
-        if scenario == "gated":
-            await record.gate.wait()
-        if scenario == "error-400":
-            return _error(400, "Invalid 'messages': too long.", "invalid_request_error")
-        if scenario == "error-401":
-            return _error(401, "Incorrect API key provided: sk-secret***", "invalid_request_error")
-        if scenario == "error-429":
-            resp = _error(429, "Rate limit reached.", "rate_limit_error")
-            resp.headers["Retry-After"] = "7"
-            return resp
-        if scenario == "error-500":
-            return _error(500, "The server had an error.", "server_error")
-        if match := ERROR_SCENARIO.match(scenario):
-            return _status_error(int(match[1]), match[2])
-        if not body.get("stream"):
-            message: dict[str, Any] = {
-                "role": "assistant",
-                "content": "".join(TEXT),
-                "refusal": None,
-            }
-            answer: dict[str, Any] = {
-                "id": "chatcmpl-upstream",
-                "object": "chat.completion",
-                "created": 1700000000,
-                "model": model,
-                "system_fingerprint": "fp_fake",
-                "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
-                ],
-            }
-            if scenario != "no-usage":
-                answer["usage"] = _usage()
-            return web.Response(body=orjson.dumps(answer), content_type="application/json")
-
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        include_usage = (body.get("stream_options") or {}).get("include_usage")
-        try:
-            await _stream(resp, scenario, model, include_usage, record)
-        except (ConnectionResetError, asyncio.CancelledError):
-            record.disconnects += 1
-            raise
-        return resp
-
-    async def models(request: web.Request) -> web.Response:
-        if (refused := key_refused(request)) is not None:
-            return refused
-        owner = "openai" if request.path.startswith("/v1/") else "deepseek"
-        data: list[dict[str, Any]] = []
-        for name in record.models:
-            entry: dict[str, Any] = {"id": name, "object": "model", "owned_by": owner}
-            if owner == "openai":
-                entry["created"] = 1700000000
-            data.append(entry)
-        return web.json_response({"object": "list", "data": data})
-
-    app.router.add_post("/v1/chat/completions", completions)
-    app.router.add_post("/chat/completions", completions)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/models", models)
-    return app
+def _caps_refusal(body: dict[str, Any]) -> tuple[str, str, str] | None:
+    """The 400 the real service answers to these caps and `n`: message, param, code."""
+    if body.get("max_completion_tokens") is not None and body.get("max_tokens") is not None:
+        return BOTH_CAPS, "max_tokens", "invalid_parameter_combination"
+    for param, high in (("max_completion_tokens", None), ("max_tokens", None), ("n", 128)):
+        value = body.get(param)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            message = f"Invalid '{param}': expected an integer >= 1, but got {value!r} instead."
+            return message, param, "invalid_value"
+        if high is not None and value > high:
+            message = f"Invalid '{param}': expected a value <= {high}, but got {value} instead."
+            return message, param, "integer_above_max_value"
+    return None
 
 
-async def _stream(
-    resp: web.StreamResponse, scenario: str, model: str, include_usage: bool, record: Record
-) -> None:
-    async def send(data: bytes) -> None:
-        record.sent_at.append(time.perf_counter())
-        await resp.write(data)
+def _billed_usage(billed: billing.Billed) -> dict[str, Any]:
+    return {
+        **wire.usage(billed.prompt_tokens, billed.completion_tokens),
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    }
 
-    deepseek = scenario.startswith("deepseek")
-    if scenario.startswith("early-error-"):
-        code = scenario.removeprefix("early-error-")
-        error = {"message": f"Stream failed: {code}.", "type": CODE_TYPES.get(code, "server_error"),
-                 "param": None, "code": code}  # fmt: skip
-        await resp.write(b"data: " + orjson.dumps({"error": error}) + b"\n\n")
-        return
-    await send(_chunk(model, {"role": "assistant", "content": ""}))
-    if scenario == "tool-call-nulls":
-        first = {"index": 0, "id": "call_1", "type": "function",
-                 "function": {"name": "weather", "arguments": ""}}  # fmt: skip
-        await send(_chunk(model, {"role": None, "content": None, "tool_calls": [first]}))
-        for piece in ('{"city": ', '"Paris"}'):
-            call = {"index": 0, "id": None, "type": None,
-                    "function": {"name": None, "arguments": piece}}  # fmt: skip
-            await send(_chunk(model, {"role": None, "content": None, "tool_calls": [call]}))
-        await send(_chunk(model, {"content": None}, "tool_calls", usage=_usage()))
-        await resp.write(b"data: [DONE]\n\n")
-        return
-    if scenario == "deepseek-reasoner":
-        for piece in ("Let me", " think."):
-            await send(_chunk(model, {"content": None, "reasoning_content": piece}))
-    if scenario == "endless":
-        while True:
-            await asyncio.sleep(0.01)
-            await send(_chunk(model, {"content": "la "}))
-    for i, piece in enumerate(TEXT):
-        if scenario == "slow":
-            await asyncio.sleep(record.delay)
-        if deepseek and i == 2:
-            await resp.write(b": keep-alive\n\n")
-        await send(_chunk(model, {"content": piece}))
-        if scenario == "midstream-error" and i == 1:
-            await resp.write(
-                b'data: {"error": {"message": "The model crashed.", "type": "server_error"}}\n\n'
-            )
-            return
-        if scenario == "truncated" and i == 2:
-            return
-    if deepseek:
-        await send(_chunk(model, {"content": ""}, "stop", usage=_usage()))
-    else:
-        await send(_chunk(model, {}, "stop"))
-        if include_usage and scenario != "no-usage":
-            usage_chunk = {
-                "id": "chatcmpl-upstream",
-                "object": "chat.completion.chunk",
-                "created": 1700000000,
-                "model": model,
-                "choices": [],
-                "usage": _usage(),
-            }
-            await send(b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
-    await resp.write(b"data: [DONE]\n\n")
+
+BILLED = {"id": "chatcmpl-billing", "fingerprint": "fp_billing"}
+
+
+def _billed_answer(billed: billing.Billed) -> billing.Event:
+    text = billing.TOKEN * billed.produced
+    answer = wire.completion(billed.body.get("model"), [text] * billed.n, _billed_usage(billed),
+                             finish="length" if billed.cut else "stop", **BILLED)  # fmt: skip
+    return orjson.dumps(answer), billed.produced * billed.n
+
+
+def _billed_events(
+    billed: billing.Billed, size: int, include_usage: bool
+) -> Iterator[billing.Event]:
+    model = billed.body.get("model")
+    # With include_usage, every chunk carries `"usage": null`, as the real service's do.
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return wire.event(wire.chunk(model, delta, finish, index=index, **BILLED, **extra))
+
+    for i in range(billed.n):
+        yield chunk(i, {"role": "assistant", "content": "", "refusal": None}), 0
+    for tokens in billing.pieces(billed.produced, size):
+        text = billing.TOKEN * tokens
+        for i in range(billed.n):
+            yield chunk(i, {"content": text}), tokens
+    for i in range(billed.n):
+        yield chunk(i, {}, "length" if billed.cut else "stop"), 0
+    if include_usage:
+        usage = wire.usage_chunk(model, _billed_usage(billed), id=BILLED["id"],
+                                 fingerprint=BILLED["fingerprint"])  # fmt: skip
+        yield wire.event(usage), 0
+    yield wire.DONE, 0

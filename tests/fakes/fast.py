@@ -1,17 +1,17 @@
-"""A fast fake upstream for the benchmarks: OpenAI-compatible, and Anthropic's Messages API.
+"""The benchmarks' answers: encoded once, written straight to the transport.
 
-    python benchmarks/fake_upstream.py --port 9001 [--chunks 20] [--chunk-delay-ms 0]
+The fake OpenAI upstream (openai_upstream.py) answers with these when it is given `chunks`
+(`python -m tests.fakes`, which the benchmarks start), so that it costs as little CPU per
+request as possible and is never what a benchmark measures.
 
-`POST /v1/chat/completions` (and `/chat/completions`) answers a small fixed
-`chat.completion` with usage, or with `"stream": true` an SSE stream of `--chunks` chunks,
-each written separately, a usage chunk when `stream_options.include_usage` is set, then
-`data: [DONE]`. Everything that can be is encoded once at start, so that the upstream costs
-as little CPU per request as possible and is never what a benchmark measures.
+A non-stream request gets a small fixed `chat.completion` with usage; a stream gets `chunks`
+chunks (`tok0 `, `tok1 `...; the last one carries `finish_reason`), each written separately,
+a usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`.
 
-Pacing: chunks are sent `--chunk-delay-ms` apart. A request whose `model` ends in
-`-paced<MS>` (e.g. `gpt-4o-mini-paced20`) is paced MS apart whatever the flag says, so one
-upstream serves both the fast and the paced benchmarks, and a gateway selects the pacing
-only through its ordinary model routing. Every chunk of a paced stream carries its send time,
+Pacing: chunks are sent `delay_ms` apart. A request whose `model` ends in `-paced<MS>`
+(e.g. `gpt-4o-mini-paced20`) is paced MS apart whatever the setting, so one upstream serves
+both the fast and the paced benchmarks, and a gateway selects the pacing only through its
+ordinary model routing. Every chunk of a paced stream carries its send time,
 `time.time_ns()` taken just before the write, twice: as a top-level field `"t_sent"` and in
 its content as `[<ns>]`, in case a proxy drops unknown fields. A client then computes the
 per-chunk delay as its receive time minus `t_sent` (one machine, one clock).
@@ -25,11 +25,11 @@ model ending in `-long<N>` (e.g. `gpt-4o-mini-long1000`) sends N chunks a second
 due every `LONG_TICK` seconds in one write (10 a write at 1,000/s), never faster: a stream
 held back by its reader does not burst to catch up. Used by `bench.py --unread-streams`.
 
-`POST /v1/messages` speaks Anthropic's Messages API as the real service does (see
-tests/fakes/anthropic_upstream.py): it wants an `x-api-key` header (401
+`POST /v1/messages` (`messages`) speaks Anthropic's Messages API as the real service does
+(see tests/fakes/anthropic_upstream.py): it wants an `x-api-key` header (401
 `authentication_error` without) and `anthropic-version: 2023-06-01` (400 otherwise), answers a
 `message` with usage, or with `"stream": true` the events `message_start` (with
-`usage.input_tokens`), `content_block_start`, `ping`, `--chunks` `content_block_delta`
+`usage.input_tokens`), `content_block_start`, `ping`, `chunks` `content_block_delta`
 text deltas, each written separately, `content_block_stop`, `message_delta` (stop reason,
 cumulative `usage.output_tokens`) and `message_stop`, each as `event: <type>` and `data:`
 lines. Pacing works the same way through the model name (e.g.
@@ -41,20 +41,22 @@ OpenAI chunk's `content`, where the load generator reads it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import re
-import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
 
+from tests.fakes import openai_wire as wire
+
 MODEL = "gpt-4o-mini"
 ANTHROPIC_MODEL = "claude-3-5-haiku-20241022"
 ANTHROPIC_VERSION = "2023-06-01"
-CREATED = 1700000000
+PROMPT_TOKENS = 9
 PACED = re.compile(r"-paced(\d+)$")
 LONG = re.compile(r"-long(\d*)$")
 LONG_MAX_SECONDS = 300.0  # a long stream ends after this, should its reader never leave
@@ -62,24 +64,14 @@ LONG_BATCH = 20  # chunks per write of a long stream at full speed (about 4 KB)
 LONG_TICK = 0.01  # a paced long stream writes the chunks due every LONG_TICK seconds
 
 NON_STREAM = orjson.dumps(
-    {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": CREATED,
-        "model": MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "Hello from the fake upstream."},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16},
-        "system_fingerprint": "fp_bench",
-    }
+    wire.completion(
+        MODEL,
+        ["Hello from the fake upstream."],
+        wire.usage(PROMPT_TOKENS, 7),
+        id="chatcmpl-bench",
+        fingerprint="fp_bench",
+    )
 )
-NOT_FOUND = b'{"error":{"message":"not found","type":"invalid_request_error"}}'
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 ANTHROPIC_SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -95,39 +87,24 @@ ANTHROPIC_NON_STREAM = orjson.dumps(
         "content": [{"type": "text", "text": "Hello from the fake upstream."}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": 9, "output_tokens": 7},
+        "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 7},
     }
 )
 
 
-def anthropic_error(status: int, kind: str, message: str) -> web.Response:
-    body = {"type": "error", "error": {"type": kind, "message": message}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+def is_fast(model: str) -> bool:
+    """Whether the model name asks for a paced or a long stream."""
+    return PACED.search(model) is not None or LONG.search(model) is not None
 
 
-def _chunk(i: int, n: int) -> dict:
-    delta: dict = {"content": f"tok{i} "}
-    if i == 0:
-        delta = {"role": "assistant", "content": f"tok{i} "}
-    return {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion.chunk",
-        "created": CREATED,
-        "model": MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "delta": delta,
-                "logprobs": None,
-                "finish_reason": "stop" if i == n - 1 else None,
-            }
-        ],
-    }
+def _chunk(i: int, n: int) -> dict[str, Any]:
+    delta = {"role": "assistant", "content": f"tok{i} "} if i == 0 else {"content": f"tok{i} "}
+    finish = "stop" if i == n - 1 else None
+    return wire.chunk(MODEL, delta, finish, id="chatcmpl-bench", fingerprint=None)
 
 
-def frame(data: bytes) -> bytes:
-    """One chunk of HTTP/1.1 chunked transfer coding."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
+def _usage(n: int) -> bytes:
+    return wire.event(wire.usage_chunk(MODEL, wire.usage(PROMPT_TOKENS, n), id="chatcmpl-bench"))
 
 
 def long_rate(model: object) -> int | None:
@@ -142,22 +119,14 @@ class LongStream:
     """The pre-encoded events of a long stream: a first chunk, then the same chunk again."""
 
     def __init__(self) -> None:
-        self.first = b"data: " + orjson.dumps(_chunk(0, 2)) + b"\n\n"
-        self.chunk = b"data: " + orjson.dumps(_chunk(1, 3)) + b"\n\n"
+        self.first = wire.event(_chunk(0, 2))
+        self.chunk = wire.event(_chunk(1, 3))
 
     @staticmethod
     def end(chunks: int, include_usage: bool) -> bytes:
-        usage = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion.chunk",
-            "created": CREATED,
-            "model": MODEL,
-            "choices": [],
-            "usage": {"prompt_tokens": 9, "completion_tokens": chunks, "total_tokens": 9 + chunks},
-        }
-        last = b"data: " + orjson.dumps(_chunk(chunks - 1, chunks)) + b"\n\n"
-        tail = b"data: " + orjson.dumps(usage) + b"\n\n" if include_usage else b""
-        return frame(last + tail + b"data: [DONE]\n\n")
+        last = wire.event(_chunk(chunks - 1, chunks))
+        tail = _usage(chunks) if include_usage else b""
+        return wire.frame(last + tail + wire.DONE)
 
 
 class Stream:
@@ -165,8 +134,8 @@ class Stream:
 
     def __init__(self, n: int):
         self.n = n
-        self.chunks = [b"data: " + orjson.dumps(_chunk(i, n)) + b"\n\n" for i in range(n)]
-        self.framed = [frame(chunk) for chunk in self.chunks]
+        self.chunks = [wire.event(_chunk(i, n)) for i in range(n)]
+        self.framed = [wire.frame(chunk) for chunk in self.chunks]
         # Paced chunks carry their send time; split each around the two places it goes so
         # that stamping one is two concatenations, not a JSON encode.
         self.paced: list[tuple[bytes, bytes, bytes]] = []
@@ -174,27 +143,23 @@ class Stream:
             chunk = _chunk(i, n)
             chunk["choices"][0]["delta"]["content"] = "[@T@]"
             chunk["t_sent"] = 0
-            text = b"data: " + orjson.dumps(chunk) + b"\n\n"
+            text = wire.event(chunk)
             head, tail = text.split(b'"t_sent":0')
             before, after = head.split(b"@T@")
             self.paced.append((before, after + b'"t_sent":', tail))
-        usage = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion.chunk",
-            "created": CREATED,
-            "model": MODEL,
-            "choices": [],
-            "usage": {"prompt_tokens": 9, "completion_tokens": n, "total_tokens": 9 + n},
-        }
-        self.usage = b"data: " + orjson.dumps(usage) + b"\n\n"
-        self.done = b"data: [DONE]\n\n"
-        self.framed_usage = frame(self.usage)
-        self.framed_done = frame(self.done)
+        self.usage = _usage(n)
+        self.framed_usage = wire.frame(self.usage)
+        self.framed_done = wire.frame(wire.DONE)
 
 
-def sse(event: str, data: dict) -> bytes:
+def sse(event: str, data: dict[str, Any]) -> bytes:
     """One event of Anthropic's stream: its type on an `event:` line, then its data."""
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def anthropic_error(status: int, kind: str, message: str) -> web.Response:
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 class AnthropicStream:
@@ -210,100 +175,76 @@ class AnthropicStream:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 9, "output_tokens": 1},
+            "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 1},
         }
+        block = {"type": "text", "text": ""}
         # The opening events, in the real service's order, sent in one write.
         self.start = (
             sse("message_start", {"type": "message_start", "message": message})
-            + sse(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            )
+            + sse("content_block_start",
+                  {"type": "content_block_start", "index": 0, "content_block": block})
             + sse("ping", {"type": "ping"})
-        )
+        )  # fmt: skip
 
         def delta(text: str) -> bytes:
-            return sse(
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": text},
-                },
-            )
+            data = {"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": text}}  # fmt: skip
+            return sse("content_block_delta", data)
 
-        self.framed = [frame(delta(f"tok{i} ")) for i in range(n)]
+        self.framed = [wire.frame(delta(f"tok{i} ")) for i in range(n)]
         # A paced delta is its text split around the stamp: stamping is two concatenations.
         self.paced_before, self.paced_after = delta("[@T@]").split(b"@T@")
+        stop = {"stop_reason": "end_turn", "stop_sequence": None}
         self.end = (
             sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-            + sse(
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": n},
-                },
-            )
+            + sse("message_delta",
+                  {"type": "message_delta", "delta": stop, "usage": {"output_tokens": n}})
             + sse("message_stop", {"type": "message_stop"})
-        )
-        self.framed_end = frame(self.end)
+        )  # fmt: skip
+        self.framed_end = wire.frame(self.end)
 
 
-def make_handler(chunks: int, delay_ms: float):
-    """The request handler, closed over the pre-encoded answers."""
-    stream = Stream(chunks)
-    anthropic = AnthropicStream(chunks)
-    long = LongStream()
-    pacing_by_model: dict[str, float] = {}
+class FastAnswers:
+    """The answers above for `chunks` chunks, paced `delay_ms` apart unless the model says."""
 
-    def pacing(model: object) -> float:
+    def __init__(self, chunks: int, delay_ms: float = 0.0):
+        self.delay_ms = delay_ms
+        self.stream = Stream(chunks)
+        self.anthropic = AnthropicStream(chunks)
+        self.long = LongStream()
+        self.pacing_by_model: dict[str, float] = {}
+
+    def pacing(self, model: object) -> float:
         if not isinstance(model, str):
-            return delay_ms
-        found = pacing_by_model.get(model)
+            return self.delay_ms
+        found = self.pacing_by_model.get(model)
         if found is None:
             match = PACED.search(model)
-            found = float(match.group(1)) if match else delay_ms
-            if len(pacing_by_model) < 1000:
-                pacing_by_model[model] = found
+            found = float(match.group(1)) if match else self.delay_ms
+            if len(self.pacing_by_model) < 1000:
+                self.pacing_by_model[model] = found
         return found
 
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == "POST" and request.path.endswith("/v1/messages"):
-            return await handle_messages(request)
-        if request.method != "POST" or not request.path.endswith("/chat/completions"):
-            return web.Response(status=404, body=NOT_FOUND, content_type="application/json")
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
-            return web.Response(
-                status=400,
-                body=b'{"error":{"message":"body must be a JSON object"}}',
-                content_type="application/json",
-            )
+    async def answer(self, request: web.BaseRequest, body: dict[str, Any]) -> web.StreamResponse:
+        """A chat completion: the fixed answer, or a stream (paced, long) by the model name."""
         if body.get("stream") is not True:
             return web.Response(body=NON_STREAM, content_type="application/json")
 
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        delay = pacing(body.get("model")) / 1000.0
+        delay = self.pacing(body.get("model")) / 1000.0
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         rate = long_rate(body.get("model"))
         if rate is not None:
-            return await stream_long(request, response, rate, include_usage)
+            return await self.stream_long(request, response, rate, include_usage)
         # The first event goes through aiohttp, which sends the headers with it; the others
         # are written to the transport already framed (chunked coding), one write each. The
         # upstream shares its core with the load generator, and this takes its user CPU per
         # 20-chunk stream from about 120 us to 70 us (streams/s alone on a core: 3,900 to
         # 4,500). The system call per event (about 7 us) remains: each is sent on its own.
         write = request.transport.write  # type: ignore[union-attr]
+        stream = self.stream
         if delay > 0:
             # Sleep to absolute deadlines, so that the pacing does not drift with the
             # time the writes take.
@@ -316,7 +257,7 @@ def make_handler(chunks: int, delay_ms: float):
                 stamp = str(time.time_ns()).encode()
                 chunk = before + stamp + middle + stamp + after
                 if i:
-                    write(frame(chunk))
+                    write(wire.frame(chunk))
                 else:
                     await response.write(chunk)
         else:
@@ -330,15 +271,19 @@ def make_handler(chunks: int, delay_ms: float):
         return response
 
     async def stream_long(
-        request: web.BaseRequest, response: web.StreamResponse, rate: int, include_usage: bool
+        self,
+        request: web.BaseRequest,
+        response: web.StreamResponse,
+        rate: int,
+        include_usage: bool,
     ) -> web.StreamResponse:
         """Chunks until the reader leaves (see "Long streams" above), `rate` a second or
         (0) as fast as it reads them."""
-        await response.write(long.first)
+        await response.write(self.long.first)
         transport = request.transport
         drain = request.writer.drain  # waits while the transport is over its high-water mark
         per_write = max(1, round(rate * LONG_TICK)) if rate else LONG_BATCH
-        block = frame(long.chunk * per_write)
+        block = wire.frame(self.long.chunk * per_write)
         interval = per_write / rate if rate else 0.0
         sent = 1
         now = time.monotonic()
@@ -362,11 +307,11 @@ def make_handler(chunks: int, delay_ms: float):
                 now = time.monotonic()
         except ConnectionError:
             return response
-        transport.write(long.end(sent + 1, include_usage))
+        transport.write(self.long.end(sent + 1, include_usage))
         await response.write_eof()
         return response
 
-    async def handle_messages(request: web.BaseRequest) -> web.StreamResponse:
+    async def messages(self, request: web.BaseRequest) -> web.StreamResponse:
         """Anthropic's `POST /v1/messages`: the same shapes and pacing in its wire format."""
         if not request.headers.get("x-api-key"):
             return anthropic_error(401, "authentication_error", "x-api-key header is required")
@@ -381,11 +326,12 @@ def make_handler(chunks: int, delay_ms: float):
         if body.get("stream") is not True:
             return web.Response(body=ANTHROPIC_NON_STREAM, content_type="application/json")
 
-        delay = pacing(body.get("model")) / 1000.0
+        delay = self.pacing(body.get("model")) / 1000.0
         response = web.StreamResponse(headers=ANTHROPIC_SSE_HEADERS)
         await response.prepare(request)
         # As above: the opening events go through aiohttp with the headers, the deltas
         # straight to the transport, framed, one write each.
+        anthropic = self.anthropic
         await response.write(anthropic.start)
         write = request.transport.write  # type: ignore[union-attr]
         if delay > 0:
@@ -396,7 +342,7 @@ def make_handler(chunks: int, delay_ms: float):
                     wait = start + i * delay - time.monotonic()
                     if wait > 0:
                         await asyncio.sleep(wait)
-                write(frame(before + str(time.time_ns()).encode() + after))
+                write(wire.frame(before + str(time.time_ns()).encode() + after))
         else:
             for framed in anthropic.framed:
                 write(framed)
@@ -404,13 +350,14 @@ def make_handler(chunks: int, delay_ms: float):
         await response.write_eof()
         return response
 
-    return handle
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-async def serve(host: str, port: int, chunks: int, delay_ms: float) -> None:
-    # The low-level server: no router, no middlewares, no access log. This is a test double,
-    # and every microsecond it spends is one the measured proxy cannot use.
-    handle = make_handler(chunks, delay_ms)
+async def serve(handle: Handler, host: str, port: int) -> None:
+    """Serve `handle` on the low-level server until cancelled: no router, no middlewares, no
+    access log. This is a test double, and every microsecond it spends is one the measured
+    proxy cannot use."""
     in_flight = 0
 
     async def counted(request: web.BaseRequest) -> web.StreamResponse:
@@ -437,37 +384,7 @@ async def serve(host: str, port: int, chunks: int, delay_ms: float) -> None:
     server = web.Server(counted, access_log=None)
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(server, host, port, backlog=4096, reuse_address=True)
-    print(f"fake_upstream: listening on http://{host}:{port}", flush=True)
+    print(f"fake upstream: listening on http://{host}:{port}", flush=True)
     async with listener:
         await listener.serve_forever()
     collector.cancel()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9001)
-    parser.add_argument("--chunks", type=int, default=20, help="chunks per stream")
-    parser.add_argument(
-        "--chunk-delay-ms",
-        type=float,
-        default=0.0,
-        help="time between chunks (a model ending in -paced<MS> overrides it)",
-    )
-    args = parser.parse_args(argv)
-    if args.chunks < 1:
-        parser.error("--chunks must be at least 1")
-    try:
-        import uvloop
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        runner(serve(args.host, args.port, args.chunks, args.chunk_delay_ms))
-    except KeyboardInterrupt:
-        sys.exit(0)
-
-
-if __name__ == "__main__":
-    main()
