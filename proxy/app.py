@@ -39,12 +39,12 @@ from proxy.app_state import (
     UPSTREAM,
     X_REQUEST_ID,
 )
-from proxy.chat import chat_completions
 from proxy.config import Config
 from proxy.errors import GatewayError, NotFound
 from proxy.logs import AccessLog
 from proxy.metrics import CONTENT_TYPE, REQUEST_LABELS, Metrics
 from proxy.profiles import OPENAI_PREFIX, WOOZLIT_PREFIX, error_response, http_error, render_error
+from proxy.protocols.openai_chat import chat_completions
 from proxy.routing import Router
 from proxy.store import open_store
 from proxy.upstream import Upstream

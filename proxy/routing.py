@@ -7,6 +7,13 @@ A deployment that fails `cooldown_after_failures` times in a row is cooled down 
 tried only when everything else has failed too. A model's only deployment is always tried;
 it still cools down, which the metric shows, as a sign of repeated failures.
 
+A request's attempts (`Router.attempts`) follow that order. A failed attempt is followed by
+another only when its error is `retryable` (errors.py), nothing of the answer has gone out
+to the client yet, and a backoff with full jitter (a random pause up to
+`backoff_base_seconds` x 2^(n-1), at most `backoff_max_seconds`, after the n-th attempt)
+ends before the request's deadline (`deadline_seconds` after it began). Only a retryable
+failure counts against the deployment's breaker; a success resets it.
+
 The `woozlit_deployment_cooldown` metric is given the cooldown's end (wall clock) when it
 starts, and nothing after: whether the cooldown is still on is decided when /metrics is
 scraped (metrics.py), so the metric returns to 0 on time even if no request comes.
@@ -14,12 +21,15 @@ scraped (metrics.py), so the metric returns to 0 on time even if no request come
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import groupby
 
 from proxy.config import Config, Deployment, RoutingConfig
+from proxy.errors import GatewayError
 from proxy.metrics import Metrics
 from proxy.providers import build_provider
 from proxy.providers.base import Provider
@@ -60,6 +70,41 @@ class Breaker:
             self.failures[deployment] = 0
 
 
+@dataclass(slots=True)
+class Attempt:
+    """One deployment to try for a request; its caller says how it went (`succeeded`,
+    `failed`), which feeds the breaker and decides whether another attempt follows."""
+
+    deployment: Deployment
+    provider: Provider
+    number: int  # 1 for the request's first attempt
+    last: bool  # no other deployment remains
+    deadline: float  # time.perf_counter() by which every attempt of the request has ended
+    router: Router
+
+    def succeeded(self) -> None:
+        self.router.breaker.succeeded(self.deployment)
+
+    async def failed(self, exc: GatewayError, *, committed: bool) -> bool:
+        """True once the backoff before the next attempt is over; False when `exc` is the
+        request's answer: it is not retryable, the answer's status already went out to the
+        client (`committed`), no deployment remains, or the backoff would end past the
+        deadline."""
+        if not exc.retryable:
+            return False
+        router = self.router
+        router.breaker.failed(self.deployment)
+        if committed or self.last:  # nothing is retried once bytes have reached the client
+            return False
+        ceiling = router.backoff_base * 2 ** (self.number - 1)
+        pause = random.uniform(0, min(router.backoff_max, ceiling))
+        if time.perf_counter() + pause >= self.deadline:
+            return False
+        router.retries.labels(self.provider.config.name).inc()
+        await asyncio.sleep(pause)
+        return True
+
+
 class Router:
     def __init__(self, config: Config, metrics: Metrics):
         self.providers = {name: build_provider(pc) for name, pc in config.providers.items()}
@@ -76,6 +121,20 @@ class Router:
             config.routing, metrics, (d for route in self.routes.values() for d, _ in route)
         )
         self.deadline = config.routing.deadline_seconds
+        self.backoff_base = config.routing.backoff_base_seconds
+        self.backoff_max = config.routing.backoff_max_seconds
+        self.retries = metrics.retries  # labelled by provider
+
+    def attempts(self, public_model: str, started: float) -> Iterator[Attempt]:
+        """The attempts of one request of a (validated) public model, in the order of
+        `plan`; `started`: when the request began (time.perf_counter()), which its deadline
+        counts from. The caller reports each one's outcome, and stops at a success or at
+        the first failure that `Attempt.failed` does not retry."""
+        plan = self.plan(public_model)
+        deadline = started + self.deadline
+        last = len(plan)
+        for number, (deployment, provider) in enumerate(plan, 1):
+            yield Attempt(deployment, provider, number, number == last, deadline, self)
 
     def plan(self, public_model: str) -> Route:
         """The deployments of a (validated) public model, in the order to try them now."""

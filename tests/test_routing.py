@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import time
 
 import aiohttp
 import pytest
 
 from proxy.app_state import ACCOUNTANT, ACCOUNTS, METRICS
-from tests.conftest import FakeUpstream, GatewayFactory, free_port, openai_provider
+from proxy.config import parse_config
+from proxy.errors import BadRequest, UpstreamError
+from proxy.metrics import Metrics
+from proxy.routing import Router
+from tests.conftest import (
+    DEFAULT_TIERS,
+    FakeUpstream,
+    GatewayFactory,
+    free_port,
+    openai_provider,
+)
 from tests.fakes.openai_upstream import COMPLETION_TOKENS, PROMPT_TOKENS
 
 FAST = {"backoff_base_seconds": 0.001, "backoff_max_seconds": 0.002}
@@ -189,3 +202,47 @@ async def test_equal_priorities_are_balanced_by_weight(
     share = tried.count("gpt-4o-mini") / len(tried)
     assert "never" not in tried
     assert 0.6 < share < 0.9  # 0.75 expected; 4.9 standard deviations away either side
+
+
+# -- Router.attempts, alone ------------------------------------------------------------------
+
+
+def router(routing: dict) -> tuple[Router, Metrics]:
+    """A router of one model of four deployments, tried in their order (m0 first)."""
+    raw = {
+        "providers": {"p": openai_provider("http://127.0.0.1:9/v1")},
+        "models": {"woozlit/m": [{"provider": "p", "model": f"m{i}"} for i in range(4)]},
+        "routing": routing,
+        "tiers": DEFAULT_TIERS,
+    }
+    metrics = Metrics()
+    return Router(parse_config(raw, "test.yaml", os.environ), metrics), metrics
+
+
+async def test_another_attempt_follows_only_a_retryable_error_before_any_byte():
+    r, metrics = router(FAST)
+    first, second, third, fourth = r.attempts("woozlit/m", time.perf_counter())
+    assert [a.deployment.model for a in (first, second, third, fourth)] == ["m0", "m1", "m2", "m3"]
+    assert not await first.failed(BadRequest(), committed=False)  # the request is at fault
+    assert not r.breaker.failures.get(first.deployment)  # ... not the deployment
+    assert not await second.failed(UpstreamError(), committed=True)  # the client has bytes
+    assert r.breaker.failures[second.deployment] == 1
+    assert await third.failed(UpstreamError(), committed=False)
+    assert not await fourth.failed(UpstreamError(), committed=False)  # nothing remains
+    assert 'woozlit_upstream_retries_total{provider="p"} 1.0' in metrics.render().decode()
+    fourth.succeeded()
+    assert not r.breaker.failures.get(fourth.deployment)
+
+
+async def test_the_backoff_doubles_to_its_cap_and_never_ends_past_the_deadline(monkeypatch):
+    routing = {"backoff_base_seconds": 0.1, "backoff_max_seconds": 0.3, "deadline_seconds": 10}
+    r, metrics = router(routing)
+    ceilings: list[tuple[float, float]] = []
+    monkeypatch.setattr(random, "uniform", lambda low, high: ceilings.append((low, high)) or 0.0)
+    for attempt in list(r.attempts("woozlit/m", time.perf_counter()))[:3]:
+        assert await attempt.failed(UpstreamError(), committed=False)
+    assert ceilings == [(0, 0.1), (0, 0.2), (0, 0.3)]  # full jitter up to base x 2^(n-1)
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    late = next(r.attempts("woozlit/m", time.perf_counter() - 9.95))  # 50 ms left
+    assert not await late.failed(UpstreamError(), committed=False)  # a 100 ms pause: no
+    assert 'woozlit_upstream_retries_total{provider="p"} 3.0' in metrics.render().decode()
