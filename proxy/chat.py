@@ -42,7 +42,9 @@ from proxy.estimates import estimate_text_tokens, text_weight
 from proxy.idempotency import MAX_KEY_LENGTH, Claim
 from proxy.metrics import NONE, REQUEST_LABELS
 from proxy.profiles import openai_profile
+from proxy.protocols.openai_chat_stream import OpenAIChatStream
 from proxy.providers.base import Provider, StreamTranslator
+from proxy.relay import ClientStream, ProviderStream, StreamRelay
 from proxy.upstream import Timing
 from proxy.validation import read_json_object, validate_chat
 
@@ -299,15 +301,11 @@ async def forward(
         exchange.sent = True
         resp = await upstream.open(provider, upstream_request, timing, stream=True)
         exchange.opened = True
-        stamp = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": chat.public_model,
-        }
+        source = ProviderStream(provider, resp, translator)
+        client = ClientStream(request, headers, OpenAIChatStream(request_id, chat))
         metrics.open_streams.inc()
         try:
-            out = await upstream.pump(request, provider, resp, translator, stamp, headers, timing)
+            out = await StreamRelay(upstream, source, client, timing).run()
         finally:
             metrics.open_streams.dec()
         exchange.status = "200"

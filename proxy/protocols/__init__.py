@@ -1,0 +1,1 @@
+"""The client protocols the gateway speaks: how each one writes its answers."""
