@@ -46,6 +46,7 @@ from proxy.estimates import estimate_text_tokens, text_weight
 from proxy.idempotency import MAX_KEY_LENGTH, Claim
 from proxy.metrics import NONE, REQUEST_LABELS
 from proxy.providers.base import Provider, StreamTranslator
+from proxy.relay import ClientStream, ProviderStream, StreamEncoder, StreamRelay
 from proxy.upstream import Timing
 
 UNKNOWN = (NONE, NONE)  # the labels of a request refused before its model was known
@@ -66,8 +67,8 @@ class ClientProtocol(ABC):
         `rid`: our id of the request."""
 
     @abstractmethod
-    def stamp(self, chat: ChatRequest, rid: str) -> dict[str, Any]:
-        """The fields every chunk of a stream's answer carries."""
+    def encoder(self, chat: ChatRequest, rid: str) -> StreamEncoder:
+        """How a stream's answer is written to the client (the relay calls it once a read)."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Identify the key, read the request, answer it (once per Idempotency-Key)."""
@@ -204,10 +205,11 @@ async def forward(
         exchange.sent = True
         resp = await upstream.open(provider, upstream_request, timing, stream=True)
         exchange.opened = True
-        stamp = exchange.protocol.stamp(chat, request_id)
+        source = ProviderStream(provider, resp, translator)
+        client = ClientStream(request, headers, exchange.protocol.encoder(chat, request_id))
         metrics.open_streams.inc()
         try:
-            out = await upstream.pump(request, provider, resp, translator, stamp, headers, timing)
+            out = await StreamRelay(upstream, source, client, timing).run()
         finally:
             metrics.open_streams.dec()
         exchange.status = "200"

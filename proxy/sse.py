@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from proxy.errors import UpstreamError
 
 DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"  # a comment: a sign of life that SSE clients skip
 # The largest event a provider may send (a base64 image or audio piece is the largest
 # honest one): past it a stream is cut with an error rather than held without bound.
 MAX_EVENT_BYTES = 16 << 20
@@ -57,15 +58,13 @@ class SSEParser:
         self._skip_lf = False  # the last chunk ended in a CR: a LF first in the next is its pair
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """The events that `chunk`, the next bytes of the stream, completes."""
         if self._skip_lf and chunk:
             self._skip_lf = False
             if chunk[0] == 0x0A:
                 chunk = chunk[1:]
         if b"\r" in chunk:
-            # A CR at the very end ends its line now (holding it back would hold back the
-            # event it completes); if it was the first half of a CRLF, the LF is dropped later.
-            self._skip_lf = chunk.endswith(b"\r")
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            chunk = self._to_lf(chunk)
         if self._pending:
             if b"\n" not in chunk:
                 self._hold(chunk)
@@ -107,6 +106,13 @@ class SSEParser:
         elif self._size > self._max:
             raise UpstreamError(f"The upstream provider sent an event over {self._max} bytes.")
         return events
+
+    def _to_lf(self, chunk: bytes) -> bytes:
+        """`chunk` with its lines ended by LF alone. A CR at the very end ends its line now
+        (holding it back would hold back the event it completes); if it was the first half of
+        a CRLF, the LF is dropped from the next chunk (`_skip_lf`)."""
+        self._skip_lf = chunk.endswith(b"\r")
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def _hold(self, piece: bytes) -> None:
         self._pending.append(piece)

@@ -1,4 +1,4 @@
-"""The stream pump's idle watchdog: only time spent waiting on the provider counts."""
+"""The stream relay's idle watchdog: only time spent waiting on the provider counts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.upstream import IdleWatchdog
+from proxy.relay import IdleWatchdog
 
 
 async def test_time_not_reading_is_not_idle():

@@ -24,6 +24,7 @@ from proxy.estimates import estimate_prediction_tokens, estimate_prompt_tokens
 from proxy.exchange import ClientProtocol
 from proxy.profiles import openai_profile
 from proxy.protocols.body import read_json_object
+from proxy.protocols.openai_chat_stream import OpenAIChatStream
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -57,13 +58,8 @@ class OpenAIChat(ClientProtocol):
     def body(self, payload: dict[str, Any], usage: Usage, chat: ChatRequest, rid: str) -> bytes:
         return completion_body(payload, usage, chat, rid)
 
-    def stamp(self, chat: ChatRequest, rid: str) -> dict[str, Any]:
-        return {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": chat.public_model,
-        }
+    def encoder(self, chat: ChatRequest, rid: str) -> OpenAIChatStream:
+        return OpenAIChatStream(rid, chat)
 
 
 # POST /chat/completions, on both profiles.
