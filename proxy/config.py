@@ -326,7 +326,7 @@ class Deployment:
     @field_validator("params")
     @classmethod
     def _openai_only(cls, params: Mapping[str, Any], info: ValidationInfo) -> Mapping[str, Any]:
-        # Only the OpenAI kind sends the client's body on, fields added; the others translate it.
+        # Only the OpenAI kind adds them (proxy/providers/openai.py); the others would drop them.
         kinds, provider = _kinds(info), info.data.get("provider")
         if params and kinds is not None and provider in kinds and kinds[provider] != Kind.OPENAI:
             raise _invalid("is for deployments of kind openai only")
