@@ -90,6 +90,8 @@ class _Conversation:
     their tool messages: Gemini wants one functionResponse per functionCall, in the next turn,
     all of them."""
 
+    __slots__ = ("answers", "contents", "names", "pending", "pending_at", "system")
+
     def __init__(self, names: ToolNames) -> None:
         self.names = names
         self.system: list[dict[str, Any]] = []

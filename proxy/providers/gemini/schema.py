@@ -58,6 +58,8 @@ def _short(name: Any) -> str:
 class _Converter:
     """One schema's conversion: its definitions, and how many more nodes it may make."""
 
+    __slots__ = ("budget", "defs")
+
     def __init__(self, defs: dict[str, Any]) -> None:
         self.defs = defs
         self.budget = _MAX_SCHEMA_NODES
