@@ -24,9 +24,8 @@ Sources: Gemini API reference, generateContent (ai.google.dev/api/generate-conte
 `systemInstruction`) and Content (ai.google.dev/api/caching#Content: roles `user` and
 `model`, parts, `inlineData`, `fileData`, `functionResponse.response` a Struct); function
 calling (ai.google.dev/gemini-api/docs/function-calling: one functionResponse per
-functionCall, in the next turn); the supported MIME types of image, audio, video and document
-understanding (ai.google.dev/gemini-api/docs/image-understanding, .../audio, .../video,
-.../document-processing).
+functionCall, in the next turn); the "supported MIME types" of the image, audio, video and
+document understanding guides (ai.google.dev/gemini-api/docs).
 """
 
 from __future__ import annotations
