@@ -10,9 +10,9 @@ plus cache reads and writes, which Anthropic counts apart) and the last `message
 (cumulative output; newer API versions repeat the input counts there). Mid-stream `error`
 events are sorted by their type as error answers are (errors.py).
 
-Source: Anthropic's streaming messages (platform.claude.com/docs/en/build-with-claude/
-streaming: the event types, `ping`, `input_json_delta`, `error` events, and new event types
-to be ignored).
+Source: Anthropic's streaming messages
+(platform.claude.com/docs/en/build-with-claude/streaming: the event types, `ping`,
+`input_json_delta`, `error` events, and new event types to be ignored).
 """
 
 from __future__ import annotations

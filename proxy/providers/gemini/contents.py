@@ -24,9 +24,8 @@ Sources: Gemini API reference, generateContent (ai.google.dev/api/generate-conte
 `systemInstruction`) and Content (ai.google.dev/api/caching#Content: roles `user` and
 `model`, parts, `inlineData`, `fileData`, `functionResponse.response` a Struct); function
 calling (ai.google.dev/gemini-api/docs/function-calling: one functionResponse per
-functionCall, in the next turn); the supported MIME types of image, audio, video and document
-understanding (ai.google.dev/gemini-api/docs/image-understanding, .../audio, .../video,
-.../document-processing).
+functionCall, in the next turn); the "supported MIME types" of the image, audio, video and
+document understanding guides (ai.google.dev/gemini-api/docs).
 """
 
 from __future__ import annotations
@@ -89,6 +88,8 @@ class _Conversation:
     """The contents made so far, and the tool calls of the last assistant message awaiting
     their tool messages: Gemini wants one functionResponse per functionCall, in the next turn,
     all of them."""
+
+    __slots__ = ("answers", "contents", "names", "pending", "pending_at", "system")
 
     def __init__(self, names: ToolNames) -> None:
         self.names = names

@@ -58,6 +58,8 @@ def _short(name: Any) -> str:
 class _Converter:
     """One schema's conversion: its definitions, and how many more nodes it may make."""
 
+    __slots__ = ("budget", "defs")
+
     def __init__(self, defs: dict[str, Any]) -> None:
         self.defs = defs
         self.budget = _MAX_SCHEMA_NODES
@@ -73,7 +75,8 @@ class _Converter:
         ref = node.get("$ref")
         if isinstance(ref, str):
             return self.convert(self._resolve(node, ref, where), where, depth + 1)
-        out = self._merge_all_of(node, where, depth)
+        all_of = node.get("allOf")
+        out = self._merge_all_of(all_of, where, depth) if isinstance(all_of, list) else {}
         kind, nullable = self._fold_alternatives(node, out, where, depth)
         if isinstance(kind, str):
             out["type"] = kind
@@ -98,12 +101,11 @@ class _Converter:
         rest = {k: v for k, v in node.items() if k != "$ref"}
         return {**self.defs[name], **rest}
 
-    def _merge_all_of(self, node: dict[str, Any], where: str, depth: int) -> dict[str, Any]:
-        """The node's `allOf` merged into one schema: properties and required joined, the
-        first of any other keyword kept."""
+    def _merge_all_of(self, all_of: list[Any], where: str, depth: int) -> dict[str, Any]:
+        """An `allOf` merged into one schema: properties and required joined, the first of
+        any other keyword kept."""
         out: dict[str, Any] = {}
-        all_of = node.get("allOf")
-        for sub in all_of if isinstance(all_of, list) else ():
+        for sub in all_of:
             converted = self.convert(sub, where, depth + 1)
             out.setdefault("properties", {}).update(converted.pop("properties", {}))
             out.setdefault("required", []).extend(converted.pop("required", []))
