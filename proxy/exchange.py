@@ -165,12 +165,12 @@ async def serve(
     exchange.admitted(admission, request[X_REQUEST_ID])
     metrics.in_flight.inc()
     try:
-        for attempt in app[ROUTER].attempts(chat.public_model, timing.started):
+        for attempt in app[ROUTER].attempts(chat.public_model):
             exchange.begin(attempt.deployment, attempt.provider)
             try:
                 response = await forward(request, exchange, attempt.deployment, attempt.provider)
             except GatewayError as exc:
-                if await attempt.failed(exc, committed=timing.committed):
+                if await attempt.failed(exc, committed=timing.committed, started=timing.started):
                     continue  # the backoff is over: the next deployment
                 raise
             attempt.succeeded()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -70,26 +70,27 @@ class Breaker:
             self.failures[deployment] = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Attempt:
-    """One deployment to try for a request; its caller says how it went (`succeeded`,
-    `failed`), which feeds the breaker and decides whether another attempt follows."""
+    """One deployment to try for a request, and its place in the order; its caller says how
+    it went (`succeeded`, `failed`), which feeds the breaker and decides whether another
+    attempt follows. Kept by the router for a model of one deployment: nothing of one
+    request is in it."""
 
     deployment: Deployment
     provider: Provider
     number: int  # 1 for the request's first attempt
     last: bool  # no other deployment remains
-    deadline: float  # time.perf_counter() by which every attempt of the request has ended
     router: Router
 
     def succeeded(self) -> None:
         self.router.breaker.succeeded(self.deployment)
 
-    async def failed(self, exc: GatewayError, *, committed: bool) -> bool:
+    async def failed(self, exc: GatewayError, *, committed: bool, started: float) -> bool:
         """True once the backoff before the next attempt is over; False when `exc` is the
         request's answer: it is not retryable, the answer's status already went out to the
         client (`committed`), no deployment remains, or the backoff would end past the
-        deadline."""
+        request's deadline (`deadline_seconds` after `started`, time.perf_counter())."""
         if not exc.retryable:
             return False
         router = self.router
@@ -98,7 +99,7 @@ class Attempt:
             return False
         ceiling = router.backoff_base * 2 ** (self.number - 1)
         pause = random.uniform(0, min(router.backoff_max, ceiling))
-        if time.perf_counter() + pause >= self.deadline:
+        if time.perf_counter() + pause >= started + router.deadline:
             return False
         router.retries.labels(self.provider.config.name).inc()
         await asyncio.sleep(pause)
@@ -124,17 +125,23 @@ class Router:
         self.backoff_base = config.routing.backoff_base_seconds
         self.backoff_max = config.routing.backoff_max_seconds
         self.retries = metrics.retries  # labelled by provider
+        self.only = {
+            public: (Attempt(*route[0], 1, True, self),)
+            for public, route in self.routes.items()
+            if len(route) == 1
+        }
 
-    def attempts(self, public_model: str, started: float) -> Iterator[Attempt]:
+    def attempts(self, public_model: str) -> Sequence[Attempt]:
         """The attempts of one request of a (validated) public model, in the order of
-        `plan`; `started`: when the request began (time.perf_counter()), which its deadline
-        counts from. The caller reports each one's outcome, and stops at a success or at
-        the first failure that `Attempt.failed` does not retry."""
+        `plan`. The caller reports each one's outcome, and stops at a success or at the
+        first failure that `Attempt.failed` does not retry."""
+        # A model of one deployment, most of them: its one attempt, made once (the hot path).
+        only = self.only.get(public_model)
+        if only is not None:
+            return only
         plan = self.plan(public_model)
-        deadline = started + self.deadline
         last = len(plan)
-        for number, (deployment, provider) in enumerate(plan, 1):
-            yield Attempt(deployment, provider, number, number == last, deadline, self)
+        return [Attempt(d, p, n, n == last, self) for n, (d, p) in enumerate(plan, 1)]
 
     def plan(self, public_model: str) -> Route:
         """The deployments of a (validated) public model, in the order to try them now."""

@@ -221,14 +221,18 @@ def router(routing: dict) -> tuple[Router, Metrics]:
 
 async def test_another_attempt_follows_only_a_retryable_error_before_any_byte():
     r, metrics = router(FAST)
-    first, second, third, fourth = r.attempts("woozlit/m", time.perf_counter())
+    first, second, third, fourth = r.attempts("woozlit/m")
     assert [a.deployment.model for a in (first, second, third, fourth)] == ["m0", "m1", "m2", "m3"]
-    assert not await first.failed(BadRequest(), committed=False)  # the request is at fault
-    assert not r.breaker.failures.get(first.deployment)  # ... not the deployment
-    assert not await second.failed(UpstreamError(), committed=True)  # the client has bytes
+    now = time.perf_counter()
+    # The request is at fault, not the deployment: no retry, and nothing for the breaker.
+    assert not await first.failed(BadRequest(), committed=False, started=now)
+    assert not r.breaker.failures.get(first.deployment)
+    # The client has bytes of the answer already.
+    assert not await second.failed(UpstreamError(), committed=True, started=now)
     assert r.breaker.failures[second.deployment] == 1
-    assert await third.failed(UpstreamError(), committed=False)
-    assert not await fourth.failed(UpstreamError(), committed=False)  # nothing remains
+    assert await third.failed(UpstreamError(), committed=False, started=now)
+    # No deployment remains.
+    assert not await fourth.failed(UpstreamError(), committed=False, started=now)
     assert 'woozlit_upstream_retries_total{provider="p"} 1.0' in metrics.render().decode()
     fourth.succeeded()
     assert not r.breaker.failures.get(fourth.deployment)
@@ -239,10 +243,13 @@ async def test_the_backoff_doubles_to_its_cap_and_never_ends_past_the_deadline(m
     r, metrics = router(routing)
     ceilings: list[tuple[float, float]] = []
     monkeypatch.setattr(random, "uniform", lambda low, high: ceilings.append((low, high)) or 0.0)
-    for attempt in list(r.attempts("woozlit/m", time.perf_counter()))[:3]:
-        assert await attempt.failed(UpstreamError(), committed=False)
+    now = time.perf_counter()
+    for attempt in r.attempts("woozlit/m")[:3]:
+        assert await attempt.failed(UpstreamError(), committed=False, started=now)
     assert ceilings == [(0, 0.1), (0, 0.2), (0, 0.3)]  # full jitter up to base x 2^(n-1)
     monkeypatch.setattr(random, "uniform", lambda low, high: high)
-    late = next(r.attempts("woozlit/m", time.perf_counter() - 9.95))  # 50 ms left
-    assert not await late.failed(UpstreamError(), committed=False)  # a 100 ms pause: no
+    late = r.attempts("woozlit/m")[0]
+    # 50 ms left before the deadline, and a 100 ms pause: no other attempt.
+    started = time.perf_counter() - 9.95
+    assert not await late.failed(UpstreamError(), committed=False, started=started)
     assert 'woozlit_upstream_retries_total{provider="p"} 3.0' in metrics.render().decode()
