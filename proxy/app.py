@@ -2,7 +2,7 @@
 
 `create_app(config, ...)` builds an aiohttp Application; each shared resource (the upstream
 ClientSession, the store) is opened and closed by one cleanup context. Handlers reach them
-through the typed keys of `appkeys.py`. Nothing here reads the environment: `__main__`
+through the typed keys of `app_state.py`. Nothing here reads the environment: `__main__`
 does, and passes what it found.
 """
 
@@ -86,7 +86,7 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     the client's when it sent a sane one. Every failure becomes an error in the shape of the
     request's profile (`render_error`) with its status, never a traceback. A chat completion
     request is counted here, once, with the status it got, whatever refused or failed it
-    (chat.py names its labels). One middleware rather than three: each layer costs a frame.
+    (exchange.py names its labels). One middleware rather than three: each layer costs a frame.
     """
     started = time.perf_counter()
     request_id = "woozlit-" + secrets.token_hex(12)
@@ -121,7 +121,7 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = render_error(request, GatewayError())
-    if not response.prepared:  # a stream got it before its headers went out (chat.py)
+    if not response.prepared:  # a stream got it before its headers went out (relay.py)
         response.headers["x-request-id"] = request[X_REQUEST_ID]
     if request.app[STATE]["draining"]:
         response.force_close()  # no keep-alive while draining: the client reconnects elsewhere
@@ -132,7 +132,7 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
 
 
 def _count(request: web.Request, status: int) -> None:
-    """A chat completion request in woozlit_requests_total (chat.py labelled it); others not."""
+    """A chat completion request in woozlit_requests_total (exchange.py labelled it); others not."""
     labels = request.get(REQUEST_LABELS)
     if labels is not None:
         model, provider = labels

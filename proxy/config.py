@@ -69,7 +69,7 @@ PUBLIC_API_HOSTS = frozenset(
 DEFAULT_MAX_CONCURRENT = 64
 MAX_TOKENS_PARAMETERS = ("max_tokens", "max_completion_tokens")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-REQUIRED_TIERS = ("free", "premium")  # the tiers accounts are created in (proxy/accounts.py)
+REQUIRED_TIERS = ("free", "premium")  # the tiers accounts are created in (proxy/admin/accounts.py)
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

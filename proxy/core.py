@@ -1,6 +1,6 @@
 """The gateway's own request and usage types, between the two protocol layers.
 
-Client protocols (OpenAI chat completions today: `validation.py`, `chat.py`) read a client's
+Client protocols (`protocols/`: OpenAI chat completions today) read a client's
 request into a `ChatRequest`; providers (`providers/`) translate a `ChatRequest` into their
 upstream's request and read their upstream's answer back, reporting its `Usage`. Accounting
 holds and charges tokens by these two types alone, whichever protocol a request came in by.

@@ -56,7 +56,7 @@ class Claim:
         self.pending_ms = int(pending_seconds * 1000)
         # This request's own marker: 'pending:<body digest>:<random>'.
         self.marker = f"pending:{self.body_digest}:{secrets.token_hex(8)}"
-        # The client left, and the answer still coming is stored when it comes (chat.py).
+        # The client left, and the answer still coming is stored when it comes (exchange.py).
         self.handed_over = False
 
     async def begin(self) -> bytes | None:

@@ -56,7 +56,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 COOLDOWN = "woozlit_deployment_cooldown"
 NONE = "none"  # the model or provider label of a request refused before it had one
 
-# The (model, provider) a chat completion request is counted under, set by chat.py as it
+# The (model, provider) a chat completion request is counted under, set by exchange.py as it
 # learns them; edge_middleware counts the request once, with its status, when it is over.
 REQUEST_LABELS = web.RequestKey[tuple[str, str]]("request_labels")
 

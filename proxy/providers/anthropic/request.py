@@ -3,7 +3,7 @@
 - `max_tokens` is required there; it is always the reserved cap (`ChatRequest.cap_for`).
   `temperature` is clamped to Anthropic's 0..1 (OpenAI allows up to 2). `top_p` is sent only
   without a temperature: Claude models since Sonnet 4.5 refuse the two together. The gateway's
-  default temperature is not added to a request that sets `top_p` (validation.py), so the
+  default temperature is not added to a request that sets `top_p` (protocols/openai_chat.py), so the
   client's `top_p` is sent unless it set both, and then its temperature wins. Blank stop
   sequences are dropped (Anthropic refuses them). `user` is `metadata.user_id`, hashed when
   longer than 256 characters or not printable.
