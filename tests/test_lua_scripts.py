@@ -456,3 +456,14 @@ async def test_a_settle_whose_reply_was_lost_is_charged_once(store, account, mon
     assert [(first, reply[0]) for first, reply in tries] == [("1", "ok"), ("0", "gone")]
     usage = await Accounts(store, CONFIG).usage(account_id, month_at(int(time.time() * 1000)))
     assert usage["used"] == 30 and usage["held"] == 0
+
+
+async def test_a_burst_beyond_a_connection_pool_is_served(store, account):
+    """300 scripts and 300 plain reads at once: each backend serves them all (the embedded
+    store's pool refused the 101st concurrent command with a 503, where a real Redis queued)."""
+    now = int(time.time() * 1000)
+    replies = await asyncio.gather(
+        *(admit(store, account, f"burst-{i}", 10, now) for i in range(300)),
+        *(store.hgetall(keys.account(account[0])) for _ in range(300)),
+    )
+    assert len(replies) == 600 and all(replies)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from proxy.metrics import Metrics
 from proxy.store.base import Store
 
+EMBEDDED_POOL = 1 << 20
+
 
 class EmbeddedStore(Store):
     """An in-process store, empty at start."""
@@ -17,5 +19,10 @@ class EmbeddedStore(Store):
     def __init__(self, metrics: Metrics) -> None:
         import fakeredis  # here: a gateway on Redis never loads it (nor lupa)
 
-        super().__init__(fakeredis.FakeAsyncRedis(decode_responses=True), metrics)
+        # Every command in flight holds a connection of the pool, and redis-py's pool refuses
+        # its 101st ("Too many connections"): a burst of 200 requests got 100 503s. Here a
+        # connection is a Python object in this process, not a socket, so the bound is the
+        # requests in flight, which admission already bounds per key.
+        client = fakeredis.FakeAsyncRedis(decode_responses=True, max_connections=EMBEDDED_POOL)
+        super().__init__(client, metrics)
         self._evalsha = self._registered

@@ -10,7 +10,6 @@ from __future__ import annotations
 PREFIX = "wz"
 
 USAGE_TTL_SECONDS = 400 * 86400  # a month's usage stays readable for over a year
-RATE_WINDOW_MS = 60_000
 
 
 def _tag(account_id: str) -> str:
