@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 from proxy import api_keys
@@ -125,6 +126,7 @@ class Accountant:
             limit = "" if tier.monthly_tokens is None else tier.monthly_tokens
             self.tier_args += [name, limit, tier.requests_per_minute, tier.max_concurrent_requests]
         self._owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._lookups: dict[str, asyncio.Future[str | None]] = {}  # key digest -> its GET
         self._pending: set[asyncio.Task[None]] = set()
         # This process's requests admitted and not yet settled: account -> request -> key.
         self._live: dict[str, dict[str, str]] = {}
@@ -152,7 +154,7 @@ class Accountant:
         owner = self._owners.get(digest)
         if owner is None:
             try:
-                value = await self.store.get(keys.key_digest(digest))
+                value = await self._lookup(digest)
             except ServiceUnavailable:
                 self._decisions["store"].inc()
                 raise
@@ -165,6 +167,23 @@ class Accountant:
             if len(self._owners) > KEY_CACHE_SIZE:
                 self._owners.popitem(last=False)
         return owner
+
+    async def _lookup(self, digest: str) -> str | None:
+        """The `account:key` a key digest names in the store (None: no such key). Concurrent
+        first uses of one key share one GET: a burst on a new key (or on every key, after a
+        restart) is one read per key, not one per request, which would queue behind the
+        pool's connections and fail the burst with 503s."""
+        lookup = self._lookups.get(digest)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self.store.get(keys.key_digest(digest)))
+            self._lookups[digest] = lookup
+            lookup.add_done_callback(partial(self._looked_up, digest))
+        return await asyncio.shield(lookup)  # a waiter that leaves cancels no one else's
+
+    def _looked_up(self, digest: str, lookup: asyncio.Future[str | None]) -> None:
+        del self._lookups[digest]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved, even when every waiter left before it failed
 
     async def admit(
         self,

@@ -467,3 +467,31 @@ async def test_a_burst_beyond_a_connection_pool_is_served(store, account):
         *(store.hgetall(keys.account(account[0])) for _ in range(300)),
     )
     assert len(replies) == 600 and all(replies)
+
+
+async def test_a_burst_on_a_new_key_reads_it_once(store, account):
+    """300 first uses of one key at once are one GET of its digest, not 300 (which queued
+    behind the pool's connections and failed a burst with 503s on Redis Cluster), and one
+    caller that leaves does not fail the others."""
+    from proxy.accounting import Accountant
+
+    accounts = Accounts(store, CONFIG)
+    key = await accounts.create_key(account[0], "burst")
+    accountant = Accountant(store, CONFIG, Metrics())
+
+    async def gets() -> int:
+        if isinstance(store, EmbeddedStore):
+            return 0  # fakeredis keeps no command statistics
+        stats = await store.client.info("commandstats")
+        return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+    before = await gets()
+    leaving = asyncio.ensure_future(accountant.identify(f"Bearer {key['key']}"))
+    burst = [accountant.identify(f"Bearer {key['key']}") for _ in range(300)]
+    await asyncio.sleep(0)
+    leaving.cancel()
+    owners = await asyncio.gather(*burst)
+    assert set(owners) == {(account[0], key["id"])}
+    if not isinstance(store, EmbeddedStore):
+        assert await gets() - before == 1
+    assert accountant._lookups == {}
