@@ -123,6 +123,7 @@ class StreamRelay:
         "chunks",
         "client",
         "encoder",
+        "feed",
         "frames",
         "name",
         "out",
@@ -143,6 +144,7 @@ class StreamRelay:
         self.timing = timing
         self.name = source.provider.config.name
         self.translator = source.translator
+        self.feed = source.translator.feed
         self.encoder = client.encoder
         self.parser = SSEParser()
         self.chunks: list[dict[str, Any]] = []  # translated, not yet encoded
@@ -153,53 +155,64 @@ class StreamRelay:
     async def run(self) -> web.StreamResponse:
         """Relay the stream to its end: the client's response, complete. Raises the
         GatewayError of a stream that failed before anything went out to the client."""
-        content, timing, clock = self.source.response.content, self.timing, time.perf_counter
         watchdog = self.watchdog = self._watch()
         try:
-            try:
-                while True:
-                    since = clock()
-                    watchdog.reading = True
-                    try:
-                        data = await content.read(STREAM_READ)
-                    except asyncio.CancelledError as exc:
-                        if not (watchdog.beat or watchdog.fired):
-                            raise  # not the watchdog's doing: the client left
-                        self._woken(exc)
-                        data = None
-                    except PROVIDER_ERRORS as exc:
-                        self.upstream.fail(self.name, "stream", exc)
-                    finally:
-                        watchdog.reading = False
-                        timing.upstream += clock() - since
-                    if data is None:
-                        await self._send(self.encoder.keepalive, keepalive=True)
-                    elif data:
-                        payload = self._translate(data)
-                        data = b""  # nothing but the payload is kept while it waits
-                        if payload:
-                            await self._send(payload)
-                    else:
-                        break
-                self._finish()
-            except GatewayError as exc:
-                if self.out is None and not self.frames:
-                    raise  # nothing went out: the request may yet go to another deployment
-                return await self._fail(exc)
-            except (asyncio.CancelledError, ConnectionResetError):
-                await self._cut()
-                raise
-            finally:
-                # On any early exit (client gone, error) the body is unfinished, and release()
-                # closes the connection: the provider sees it at once and stops generating.
-                self.source.response.release()
-            return await self._end()
+            return await self._relay()
         except asyncio.CancelledError:
             if watchdog.client_stalled:
                 self.upstream.metrics.client_stalls.inc()
             raise
         finally:
             watchdog.close()
+
+    async def _relay(self) -> web.StreamResponse:
+        """The loop of `run`: a read, its bytes, a write. On any early exit (client gone, an
+        error) the provider's response is released unfinished, which closes its connection:
+        the provider sees it at once and stops generating."""
+        content, timing, clock = self.source.response.content, self.timing, time.perf_counter
+        watchdog, drain, out = self.watchdog, self.client.request.writer.drain, self.out
+        try:
+            while True:
+                since = clock()
+                watchdog.reading = True
+                try:
+                    data = await content.read(STREAM_READ)
+                except asyncio.CancelledError as exc:
+                    self._woken(exc)  # a beat, if it returns: a sign of life is due
+                    data = None
+                except PROVIDER_ERRORS as exc:
+                    self.upstream.fail(self.name, "stream", exc)
+                finally:
+                    watchdog.reading = False
+                    timing.upstream += clock() - since
+                if data:
+                    payload, data = self._translate(data), b""  # only the payload is kept
+                    if payload:
+                        if out is None or not timing.first_chunk:
+                            out = await self._first()
+                        watchdog.writing = True
+                        try:
+                            await out.write(payload)
+                            # out.write waits for the client only every 64 KiB: wait now,
+                            # as soon as its transport is past its high-water mark.
+                            await drain()
+                        finally:
+                            watchdog.writing = False
+                elif data is None:
+                    out = await self._beat()
+                else:
+                    break
+            self._finish()
+        except GatewayError as exc:
+            if self.out is None and not self.frames:
+                raise  # nothing went out: the request may yet go to another deployment
+            return await self._close(exc)
+        except (asyncio.CancelledError, ConnectionResetError):
+            await self._cut()
+            raise
+        finally:
+            self.source.response.release()
+        return await self._close()
 
     def _watch(self) -> IdleWatchdog:
         timeouts = self.source.provider.config.timeouts
@@ -210,9 +223,12 @@ class StreamRelay:
         )
 
     def _woken(self, exc: asyncio.CancelledError) -> None:
-        """The watchdog cancelled a read: for a sign of life to the client (a beat: read on),
-        or because the provider stalled (raise its error)."""
+        """A read was cancelled: returns if the watchdog did it for a sign of life to the
+        client (a beat: read on); raises the provider's error if it did it because the
+        provider stalled, and `exc` if it did not do it (the client left)."""
         watchdog = self.watchdog
+        if not (watchdog.beat or watchdog.fired):
+            raise exc
         watchdog.task.uncancel()
         if watchdog.beat:
             watchdog.beat = False
@@ -222,7 +238,7 @@ class StreamRelay:
     def _translate(self, data: bytes) -> bytes:
         """Parse one read (b"": the end of the body), translate the events it completes, and
         encode their chunks, all of the read's at once: the bytes to write for it."""
-        chunks, frames, feed = self.chunks, self.frames, self.translator.feed
+        chunks, frames, feed = self.chunks, self.frames, self.feed
         progressed = False
         try:
             for event in self.parser.feed(data) if data else self.parser.close():
@@ -231,29 +247,31 @@ class StreamRelay:
                     # provider's bytes. Not progress: comments alone do not keep a stream
                     # open past `first_byte` (watchdog).
                     if self.out is not None:
-                        if chunks:
-                            self._flush()
+                        self._flush()
                         frames.append(self.encoder.keepalive)
                     continue
                 progressed = True
                 chunks += feed(event)
-        finally:
-            # Also when an event was an error: the chunks before it go out before it.
-            if chunks:
-                frames.append(self.encoder.encode(chunks))
-                chunks.clear()
+        except GatewayError:
+            self._flush()  # the chunks of the events before an error event go out before it
+            raise
         if progressed:
             self.watchdog.progress()  # once a read, not once an event
-        if not frames:
-            return b""
+        if chunks:
+            payload = self.encoder.encode(chunks)
+            chunks.clear()
+            if not frames:
+                return payload
+            frames.append(payload)
         payload = b"".join(frames)
         frames.clear()
         return payload
 
     def _flush(self) -> None:
-        """Encode the chunks translated so far (a comment comes next)."""
-        self.frames.append(self.encoder.encode(self.chunks))
-        self.chunks.clear()
+        """Encode the chunks translated so far into `frames` (something else comes next)."""
+        if self.chunks:
+            self.frames.append(self.encoder.encode(self.chunks))
+            self.chunks.clear()
 
     def _finish(self) -> None:
         """The body ended: the events of its last bytes and the translator's last chunks go
@@ -268,16 +286,23 @@ class StreamRelay:
             self.upstream.metrics.upstream_errors.labels(self.name, "truncated").inc()
             raise UpstreamError(f"Provider '{self.name}' ended the stream early.")
 
-    async def _end(self) -> web.StreamResponse:
-        """The stream ended well: what is left, and the encoder's end."""
-        self.frames.append(self.encoder.end())
-        return await self._send(b"".join(self.frames), eof=True)
-
-    async def _fail(self, exc: GatewayError) -> web.StreamResponse:
-        """End the stream with `exc`: the chunks translated before it still go out, then the
+    async def _close(self, exc: GatewayError | None = None) -> web.StreamResponse:
+        """End the stream: what is left of it, then the encoder's end; or with `exc`, the
         encoder's error (with the usage: a cut stream is charged what was produced)."""
-        self.frames.append(self.encoder.error(exc, self.translator.final_usage()))
-        return await self._send(b"".join(self.frames), eof=True)
+        frames, encoder = self.frames, self.encoder
+        if exc is None:
+            frames.append(encoder.end())
+        else:
+            frames.append(encoder.error(exc, self.translator.final_usage()))
+        out = await self._first()
+        watchdog = self.watchdog
+        watchdog.writing = True
+        try:
+            await out.write(b"".join(frames))
+            await out.write_eof()
+        finally:
+            watchdog.writing = False
+        return out
 
     async def _cut(self) -> None:
         """The client left (a cancel, or a write to its closed connection) or stalled. Count
@@ -286,26 +311,22 @@ class StreamRelay:
         if self.watchdog.client_stalled:
             _reset(self.client.request)
 
-    async def _send(
-        self, data: bytes, *, eof: bool = False, keepalive: bool = False
-    ) -> web.StreamResponse:
-        """Write `data` to the client (its response prepared first, if not yet); the end of
-        the response with `eof`. A `keepalive` is no chunk of the answer (not its TTFT)."""
-        out = self.out
-        if out is None:
-            out = await self._start()
-        if not keepalive and not self.timing.first_chunk:
+    async def _first(self) -> web.StreamResponse:
+        """The first chunk of the answer is ready: send the headers if they are not out yet
+        (a beat may have sent them), and note the time to first chunk."""
+        out = self.out if self.out is not None else await self._start()
+        if not self.timing.first_chunk:
             self.timing.first_chunk = time.perf_counter()
+        return out
+
+    async def _beat(self) -> web.StreamResponse:
+        """A sign of life for the client (not a chunk of the answer: no TTFT)."""
+        out = self.out if self.out is not None else await self._start()
         watchdog = self.watchdog
         watchdog.writing = True
         try:
-            await out.write(data)
-            if eof:
-                await out.write_eof()
-            else:
-                # out.write waits for the client only every 64 KiB written: wait now, as
-                # soon as the client's transport is past its high-water mark.
-                await self.client.request.writer.drain()
+            await out.write(self.encoder.keepalive)
+            await self.client.request.writer.drain()
         finally:
             watchdog.writing = False
         return out
