@@ -78,12 +78,12 @@ class StreamEncoder(Protocol):
 
     @property
     def keepalive(self) -> bytes:
-        """A sign of life that the client skips (an SSE comment)."""
+        """A sign of life that the client skips (a comment, or the protocol's ping event)."""
         ...
 
     def encode(self, chunks: list[dict[str, Any]]) -> bytes:
-        """The bytes of one read's chunks, in order. `chunks` (not empty) is the relay's list,
-        reused once this returns; the chunks themselves the encoder may change and keep."""
+        """The bytes of one read's chunks, in order. The list (not empty) may be reused once
+        this returns: keep no reference to it; the chunks themselves may be changed and kept."""
         ...
 
     def error(self, exc: GatewayError, usage: Usage) -> bytes:
