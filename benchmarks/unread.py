@@ -2,8 +2,8 @@
 
 A client that sends its request and then reads nothing fills its socket's receive buffer,
 then the gateway's send buffer; from then on the gateway stops reading the stream's
-upstream (proxy/upstream.py: STREAM_READ, STREAM_WRITE_HIGH_WATER, STREAM_SNDBUF) and holds
-what it had read but could not write. This module measures that: N raw-socket clients
+upstream (proxy/upstream.py: STREAM_READ; proxy/relay.py: STREAM_WRITE_HIGH_WATER,
+STREAM_SNDBUF) and holds what it had read but could not write. This module measures that: N raw-socket clients
 that send the request and never call recv(), against a fresh gateway, whose VmRSS is
 sampled every SAMPLE_EVERY seconds for the case's duration; the growth over its RSS before
 the streams, divided by N, is what one unread stream costs. The upstream is the fake
