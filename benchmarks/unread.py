@@ -1,16 +1,15 @@
 """Streams whose clients never read: what the gateway holds for each (bench.py --unread-streams).
 
 A client that sends its request and then reads nothing fills its socket's receive buffer,
-then the gateway's send buffer; from then on the gateway stops reading the stream's
-upstream (proxy/upstream.py: STREAM_READ; proxy/relay.py: STREAM_WRITE_HIGH_WATER,
-STREAM_SNDBUF) and holds what it had read but could not write. This module measures that: N raw-socket clients
-that send the request and never call recv(), against a fresh gateway, whose VmRSS is
-sampled every SAMPLE_EVERY seconds for the case's duration; the growth over its RSS before
-the streams, divided by N, is what one unread stream costs. The upstream is the fake
-upstream's endless stream (`-long` models, see tests/fakes/fast.py), either as fast as the
-gateway takes it or paced at LONG_RATE chunks a second. For contrast, the same N streams
-read to the end of the duration as fast as the client can (an asyncio protocol counting
-bytes).
+then the gateway's send buffer; from then on the gateway stops reading the stream's upstream
+(proxy/upstream.py: STREAM_READ; proxy/relay.py: STREAM_WRITE_HIGH_WATER, STREAM_SNDBUF) and
+holds what it had read but could not write. This module measures that: N raw-socket clients
+that send the request and never call recv(), against a fresh gateway, whose VmRSS is sampled
+every SAMPLE_EVERY seconds for the case's duration; the growth over its RSS before the
+streams, divided by N, is what one unread stream costs. The upstream is the fake upstream's
+endless stream (`-long` models, see tests/fakes/fast.py), either as fast as the gateway
+takes it or paced at LONG_RATE chunks a second. For contrast, the same N streams read to the
+end of the duration as fast as the client can (an asyncio protocol counting bytes).
 
 Each case gets a gateway of its own (started by bench.py), so that memory freed by the
 case before (which RSS does not give back) is not counted as free room for this one.
