@@ -22,6 +22,7 @@ from proxy.store.base import Script, Store
 from proxy.store.standalone import POOL_SIZE, client_options
 
 SCHEME = "redis+cluster://"
+QUEUE_WAIT_TIMEOUTS = 5  # how many socket timeouts a command may wait for a connection
 
 
 class _Cluster(RedisCluster):
@@ -29,8 +30,10 @@ class _Cluster(RedisCluster):
 
     - It opens one connection per concurrent command to a node, up to `max_connections`,
       then raises MaxConnectionsError: 300 requests for one account would fail past the
-      64th. A semaphore of that size in front makes a burst queue (briefly), as
-      BlockingConnectionPool does for one Redis.
+      64th. A semaphore of that size in front makes a burst queue instead. A command holds
+      its place for at most the socket timeout, so a queue of a few hundred passes in a few
+      timeouts: a place is waited for up to QUEUE_WAIT_TIMEOUTS of them (with one, 300
+      concurrent admissions of one account got 503s on a busy machine).
     - Every 5th MOVED it resets itself, cutting every connection in flight. Before its slot
       map is loaded (at first, and after a reset) it sends commands to one node, which
       answers MOVED, so a burst on a fresh client fails in a storm of resets. Here a MOVED
@@ -45,7 +48,7 @@ class _Cluster(RedisCluster):
         kwargs["reinitialize_steps"] = 0
         super().__init__(*args, **kwargs)
         self._room = asyncio.Semaphore(kwargs.get("max_connections", POOL_SIZE))
-        self._wait = kwargs.get("socket_timeout") or 1.0
+        self._wait = QUEUE_WAIT_TIMEOUTS * (kwargs.get("socket_timeout") or 1.0)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
