@@ -488,15 +488,18 @@ class Config:
     @field_validator("aliases", mode="after")
     @classmethod
     def _alias_targets(cls, aliases: Mapping[str, str], info: ValidationInfo) -> Any:
-        """An alias names a model of `models`, and is not a public name itself."""
+        """An alias names a model of `models`, and is neither a public name nor `*` alone."""
         models = info.data.get("models")
+        problems = []
         for name, target in aliases.items():
             if not name or name == "*":
-                raise _invalid(f"alias {name!r}: an alias must be a name or a prefix and '*'")
-            if name.startswith(PUBLIC_PREFIX):
-                raise _invalid(f"alias {name!r}: names starting with {PUBLIC_PREFIX!r} are public")
-            if models is not None and target not in models:
-                raise _invalid(f"alias {name!r}: {target!r} is not a model of 'models'")
+                problems.append(f"{name!r} would match every name")
+            elif name.startswith(PUBLIC_PREFIX):
+                problems.append(f"{name!r} starts with {PUBLIC_PREFIX!r}, as public names do")
+            elif models is not None and target not in models:
+                problems.append(f"{name!r} names {target!r}, which is not in 'models'")
+        if problems:
+            raise _invalid("; ".join(problems))
         return aliases
 
 
