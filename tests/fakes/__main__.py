@@ -2,8 +2,9 @@
 [--chunk-delay-ms 0]` (from the repository's root).
 
 The fake OpenAI upstream (openai_upstream.py) with the benchmarks' answers (`--chunks`
-chunks a stream, encoded once; fast.py), serving any model name and recording nothing, and
-Anthropic's Messages API (`POST /v1/messages`) on the same port. The benchmarks and the
+chunks a stream, encoded once; fast.py), serving any model name and recording nothing,
+Anthropic's Messages API (`POST /v1/messages`) and OpenAI's Responses API
+(`POST /v1/responses`, fast.py's) on the same port. The benchmarks and the
 deploy check start it; a gateway with `OPENAI_BASE_URL=http://127.0.0.1:PORT/v1` (and
 `ANTHROPIC_BASE_URL=http://127.0.0.1:PORT`) runs on it with no provider key.
 """
@@ -36,11 +37,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--chunks must be at least 1")
     record = Record(models=None, keep=False, chunks=args.chunks, chunk_delay_ms=args.chunk_delay_ms)
     fake = FakeOpenAI(record)
-    openai, messages = fake.handle, fake.fast.messages
+    openai, messages, responses = fake.handle, fake.fast.messages, fake.fast.responses
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == "POST" and request.path.endswith("/v1/messages"):
-            return await messages(request)
+        if request.method == "POST":
+            if request.path.endswith("/v1/messages"):
+                return await messages(request)
+            if request.path.endswith("/v1/responses"):
+                return await responses(request)
         return await openai(request)
 
     try:

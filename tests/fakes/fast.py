@@ -37,6 +37,19 @@ lines. Pacing works the same way through the model name (e.g.
 the others MS apart, and each delta's text is its send time, `[<ns>]`. The gateway
 rebuilds every chunk from the delta's text, so the stamp reaches the client in the
 OpenAI chunk's `content`, where the load generator reads it.
+
+`POST /v1/responses` (`responses`) speaks OpenAI's Responses API (its API reference,
+"Responses" and "Streaming events"; the shapes of openai-python's `types/responses`): a
+`response` object with usage, or with `"stream": true` the events `response.created`,
+`response.in_progress`, `response.output_item.added` (the message item),
+`response.content_part.added` (its `output_text` part), `chunks`
+`response.output_text.delta` events, each written separately, `response.output_text.done`,
+`response.content_part.done`, `response.output_item.done` (each with the whole text) and
+`response.completed` (the response with its output and `usage`), each as `event: <type>` and
+`data:` lines, every one with its `sequence_number` (from 0). The opening four go in one
+write, the closing four in one. Pacing as above through the model name (e.g.
+`gpt-4o-mini-paced20`): each delta's text is its send time, `[<ns>]`, and the closing
+events carry the stamps' concatenation as the text.
 """
 
 from __future__ import annotations
@@ -204,6 +217,131 @@ class AnthropicStream:
         self.framed_end = wire.frame(self.end)
 
 
+RESPONSE_ID = "resp_bench"
+RESPONSE_ITEM_ID = "msg_bench"
+TEXT_MARK = b"@TEXT@"  # where the whole text goes in the closing events of a Responses stream
+
+
+def response_object(status: str, output: list[Any], usage: dict[str, Any] | None) -> dict:
+    """A `response` object of OpenAI's Responses API (the API reference's "The response
+    object"), for the model `MODEL`, with the defaults of a request that set nothing."""
+    return {
+        "id": RESPONSE_ID,
+        "object": "response",
+        "created_at": wire.CREATED,
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "max_output_tokens": None,
+        "model": MODEL,
+        "output": output,
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": True,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "user": None,
+        "metadata": {},
+    }
+
+
+def response_usage(output_tokens: int) -> dict[str, Any]:
+    """The Responses API's `usage` (openai-python's `ResponseUsage`)."""
+    return {
+        "input_tokens": PROMPT_TOKENS,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": PROMPT_TOKENS + output_tokens,
+    }
+
+
+def response_message(status: str, text: str | None) -> dict[str, Any]:
+    """The output item of a text answer: an assistant `message` with one `output_text` part
+    (no part while `text` is None, as in `response.output_item.added`)."""
+    content = [] if text is None else [output_text(text)]
+    return {"id": RESPONSE_ITEM_ID, "type": "message", "status": status, "role": "assistant",
+            "content": content}  # fmt: skip
+
+
+def output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+
+
+RESPONSES_NON_STREAM = orjson.dumps(
+    response_object(
+        "completed",
+        [response_message("completed", "Hello from the fake upstream.")],
+        response_usage(7),
+    )
+)
+
+
+class ResponsesStream:
+    """The pre-encoded events of one Responses stream of n text deltas: the opening events,
+    each delta (split around its text, which a paced stream stamps), and the closing events
+    split around the whole text (`TEXT_MARK`), which they carry four times."""
+
+    def __init__(self, n: int):
+        self.n = n
+        place = {"item_id": RESPONSE_ITEM_ID, "output_index": 0, "content_index": 0}
+        opening = [
+            {"type": "response.created",
+             "response": response_object("in_progress", [], None)},
+            {"type": "response.in_progress",
+             "response": response_object("in_progress", [], None)},
+            {"type": "response.output_item.added", "output_index": 0,
+             "item": response_message("in_progress", None)},
+            {"type": "response.content_part.added", **place, "part": output_text("")},
+        ]  # fmt: skip
+        self.start = b"".join(self.event(data, i) for i, data in enumerate(opening))
+        first = len(opening)
+        deltas = [
+            self.event(
+                {"type": "response.output_text.delta", **place, "delta": "@T@", "logprobs": []},
+                first + i,
+            ).split(b"@T@")
+            for i in range(n)
+        ]
+        self.deltas: list[tuple[bytes, bytes]] = [(before, after) for before, after in deltas]
+        self.framed = [
+            wire.frame(before + f"tok{i} ".encode() + after)
+            for i, (before, after) in enumerate(self.deltas)
+        ]
+        mark = TEXT_MARK.decode()
+        closing = [
+            {"type": "response.output_text.done", **place, "text": mark, "logprobs": []},
+            {"type": "response.content_part.done", **place, "part": output_text(mark)},
+            {"type": "response.output_item.done", "output_index": 0,
+             "item": response_message("completed", mark)},
+            {"type": "response.completed",
+             "response": response_object("completed", [response_message("completed", mark)],
+                                         response_usage(n))},
+        ]  # fmt: skip
+        end = b"".join(self.event(data, first + n + i) for i, data in enumerate(closing))
+        self.end_parts = end.split(TEXT_MARK)
+        text = "".join(f"tok{i} " for i in range(n))
+        self.framed_end = wire.frame(self.end(text.encode()))
+
+    @staticmethod
+    def event(data: dict[str, Any], sequence_number: int) -> bytes:
+        """One event: `event: <type>`, then its data with `sequence_number` after `type`."""
+        kind = data["type"]
+        ordered = {"type": kind, "sequence_number": sequence_number, **data}
+        return sse(kind, ordered)
+
+    def end(self, text: bytes) -> bytes:
+        """The closing events for the whole text (JSON-safe bytes: tokens and stamps)."""
+        return text.join(self.end_parts)
+
+
 class FastAnswers:
     """The answers above for `chunks` chunks, paced `delay_ms` apart unless the model says."""
 
@@ -211,6 +349,7 @@ class FastAnswers:
         self.delay_ms = delay_ms
         self.stream = Stream(chunks)
         self.anthropic = AnthropicStream(chunks)
+        self.responses_stream = ResponsesStream(chunks)
         self.long = LongStream()
         self.pacing_by_model: dict[str, float] = {}
 
@@ -347,6 +486,46 @@ class FastAnswers:
             for framed in anthropic.framed:
                 write(framed)
         write(anthropic.framed_end)
+        await response.write_eof()
+        return response
+
+    async def responses(self, request: web.BaseRequest) -> web.StreamResponse:
+        """OpenAI's `POST /v1/responses`: the same shapes and pacing in its wire format."""
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return wire.invalid("We could not parse the JSON body of your request.", None)
+        if not isinstance(body.get("model"), str):
+            return wire.invalid("Missing required parameter: 'model'.", "model")
+        if body.get("stream") is not True:
+            return web.Response(body=RESPONSES_NON_STREAM, content_type="application/json")
+
+        delay = self.pacing(body.get("model")) / 1000.0
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        # As above: the opening events go through aiohttp with the headers, the deltas
+        # straight to the transport, framed, one write each, then the closing events.
+        stream = self.responses_stream
+        await response.write(stream.start)
+        write = request.transport.write  # type: ignore[union-attr]
+        if delay > 0:
+            stamps: list[bytes] = []
+            start = time.monotonic()
+            for i, (before, after) in enumerate(stream.deltas):
+                if i:
+                    wait = start + i * delay - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                stamp = b"[" + str(time.time_ns()).encode() + b"]"
+                stamps.append(stamp)
+                write(wire.frame(before + stamp + after))
+            write(wire.frame(stream.end(b"".join(stamps))))
+        else:
+            for framed in stream.framed:
+                write(framed)
+            write(stream.framed_end)
         await response.write_eof()
         return response
 
