@@ -7,6 +7,10 @@ as bytes, to `<upstream>/v1/chat/completions` through one shared `ClientSession`
 keep-alive connector), and stream the answer back as it arrives (`iter_any` + `write`): no
 parsing, no auth, no accounting, no metrics, no access log. Any aiohttp proxy pays at least
 this much per request; the benchmark reports the gateway as a ratio to it.
+
+The Messages API (`/v1/messages`) and the Responses API (`/v1/responses`), both also below
+`/api/woozlit/v1`, go the same way to the same path upstream; the headers a Messages
+upstream wants (`x-api-key`, `anthropic-version`) are passed on as the client sent them.
 """
 
 from __future__ import annotations
@@ -14,37 +18,48 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
-UPSTREAM = web.AppKey("upstream", str)
+# The paths served, below /v1 and /api/woozlit/v1, each forwarded to /v1/<path> upstream,
+# with the request headers (besides Content-Type) its upstream wants.
+PATHS = {
+    "chat/completions": (),
+    "messages": ("x-api-key", "anthropic-version"),
+    "responses": (),
+}
 
 
-async def forward(request: web.Request) -> web.StreamResponse:
-    body = await request.read()
-    session = request.app[SESSION]
-    async with session.post(
-        request.app[UPSTREAM],
-        data=body,
-        headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
-    ) as upstream:
-        response = web.StreamResponse(
-            status=upstream.status,
-            headers={"Content-Type": upstream.headers.get("Content-Type", "application/json")},
-        )
-        await response.prepare(request)
-        async for data in upstream.content.iter_any():
-            await response.write(data)
-        await response.write_eof()
-        return response
+def forwarder(url: str, passed: tuple[str, ...]) -> Callable[[web.Request], Awaitable]:
+    """A handler: the body and the `passed` headers to `url`, the answer's status,
+    Content-Type and bytes back as they come."""
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        session = request.app[SESSION]
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+        for name in passed:
+            if name in request.headers:
+                headers[name] = request.headers[name]
+        async with session.post(url, data=body, headers=headers) as upstream:
+            response = web.StreamResponse(
+                status=upstream.status,
+                headers={"Content-Type": upstream.headers.get("Content-Type", "application/json")},
+            )
+            await response.prepare(request)
+            async for data in upstream.content.iter_any():
+                await response.write(data)
+            await response.write_eof()
+            return response
+
+    return forward
 
 
 def create_app(upstream: str) -> web.Application:
     app = web.Application()
-    app[UPSTREAM] = upstream.rstrip("/") + "/v1/chat/completions"
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         # No pool limit (the default is 100): the client decides the concurrency, as it
@@ -56,8 +71,10 @@ def create_app(upstream: str) -> web.Application:
             yield
 
     app.cleanup_ctx.append(session_ctx)
-    app.router.add_post("/v1/chat/completions", forward)
-    app.router.add_post("/api/woozlit/v1/chat/completions", forward)
+    for path, passed in PATHS.items():
+        forward = forwarder(f"{upstream.rstrip('/')}/v1/{path}", passed)
+        app.router.add_post(f"/v1/{path}", forward)
+        app.router.add_post(f"/api/woozlit/v1/{path}", forward)
     return app
 
 

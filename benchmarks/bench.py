@@ -57,16 +57,19 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from checks import check_protocol
 from harness import HERE, ROOT, Harness, Proc, core_times, open_fds, run_main, time_wait_sockets
 from loadgen import (
     ANTHROPIC_MODEL,
     ANTHROPIC_PACED_MODEL,
+    CHAT,
     CHURN_STREAMS,
     MODEL,
     OPEN_MODEL,
     OPEN_MS,
     PACED_MODEL,
     PACED_MS,
+    PROTOCOLS,
     T_IN_CONTENT,
     LoadResult,
     Target,
@@ -96,6 +99,7 @@ class Phase:
     delay_window: tuple[float, float] | None = None  # see loadgen.run_load
     all_open: bool = False  # see loadgen.run_load
     targets: tuple[str, ...] | None = None  # measure only these (None: every target)
+    protocol: str = "chat"  # loadgen.PROTOCOLS: the client protocol spoken
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Subject:
     target: Target
     proc: Proc
     failed: str | None = None
+    refused: dict[str, str] = field(default_factory=dict)  # protocol -> its failed check
 
 
 @dataclass
@@ -233,11 +238,7 @@ class Bench:
                 self.gateway_key = await self.create_key(port, admin_token)
             key = self.gateway_key
         assert key is not None
-        return Subject(
-            "gateway",
-            Target("gateway", "127.0.0.1", port, headers={"Authorization": f"Bearer {key}"}),
-            proc,
-        )
+        return Subject("gateway", Target("gateway", "127.0.0.1", port, key), proc)
 
     async def create_key(self, port: int, admin_token: str) -> str:
         """A premium developer account and a key for it, through the admin API."""
@@ -254,10 +255,12 @@ class Bench:
                 return (await r.json())["key"]
 
     async def check(self, subject: Subject) -> None:
-        """One request of each kind, checked in full, before any load (aiohttp client)."""
+        """One request of each kind, checked in full, before any load (aiohttp client). A
+        target that fails the check of the Messages or Responses API is left out of that
+        protocol's phases only (`Subject.refused`, printed under the table)."""
         t = subject.target
-        url = f"http://{t.host}:{t.port}{t.path}"
-        headers = {"Content-Type": "application/json", **t.headers}
+        url = f"http://{t.host}:{t.port}{CHAT.path}"
+        headers = {"Content-Type": "application/json", **CHAT.auth(t.key)}
         async with aiohttp.ClientSession() as s:
             async with s.post(url, data=body(MODEL, False), headers=headers) as r:
                 text = await r.text()
@@ -277,6 +280,17 @@ class Bench:
                     raise RuntimeError(f"stream did not end with [DONE]: ...{text[-200:]!r}")
             if subject.name == "gateway" and self.args.anthropic_paced:
                 await self.check_anthropic(s, url, headers)
+            for name in self.args.protocols:
+                if name == "chat":
+                    continue
+                try:
+                    await check_protocol(s, t, PROTOCOLS[name], self.args.chunks)
+                except (RuntimeError, aiohttp.ClientError) as exc:
+                    subject.refused[name] = f"failed the {name} check: {exc}"
+                    print(
+                        f"bench: {subject.name} left out of the {name} phases: {exc}",
+                        file=sys.stderr,
+                    )
 
     async def check_anthropic(self, s: aiohttp.ClientSession, url: str, headers: dict) -> None:
         """The gateway's Anthropic route: a non-stream answer, and a paced stream whose every
@@ -374,11 +388,13 @@ class Bench:
         gc.disable()  # a load generator's pauses would show up as the target's latency
         sampler = asyncio.create_task(sample_rss()) if phase.sample_rss else None
         before = self.snapshot(subject)
+        protocol = PROTOCOLS[phase.protocol]
         try:
             async with asyncio.timeout(seconds + 30):
                 load = await run_load(
                     subject.target,
-                    body(phase.model, phase.kind != "json"),
+                    protocol.body(phase.model, phase.kind != "json"),
+                    protocol=protocol,
                     concurrency=phase.concurrency,
                     duration=None if phase.requests else seconds,
                     total=phase.requests,
@@ -425,6 +441,8 @@ class Bench:
         live = [s for s in self.subjects if not s.failed]
 
         def measured(phase: Phase, subject: Subject) -> bool:
+            if phase.protocol in subject.refused:
+                return False
             return phase.targets is None or subject.name in phase.targets
 
         for phase in phases:
@@ -471,6 +489,15 @@ class Bench:
             if subject.name == "gateway" and self.args.anthropic_paced:
                 warmup = Phase("warmup", "stream", self.args.concurrency, 0, model=ANTHROPIC_MODEL)
                 await self.measure(warmup, subject, self.args.warmup)
+            for name in self.args.protocols:
+                if name == "chat" or name in subject.refused:
+                    continue
+                model = PROTOCOLS[name].model
+                for kind in ("json", "stream"):
+                    warmup = Phase(
+                        "warmup", kind, self.args.concurrency, 0, model=model, protocol=name
+                    )
+                    await self.measure(warmup, subject, self.args.warmup)
 
     async def measure_memory(self) -> None:
         """RSS of bare and gateway after checkpoints of requests: 90% non-stream, 10% streams."""
@@ -569,18 +596,14 @@ class Bench:
     def phases(self) -> list[Phase]:
         a = self.args
         c, d = a.concurrency, a.duration
+        stagger = PACED_MS / 1000 / a.paced_concurrency
         phases = [
             Phase("json", "json", c, d),
+            *self.protocol_phases("json", c, d),
             Phase("c1", "json", 1, d / 2),
             Phase("stream", "stream", c, d),
-            Phase(
-                "paced",
-                "paced",
-                a.paced_concurrency,
-                d,
-                stagger=PACED_MS / 1000 / a.paced_concurrency,
-                model=PACED_MODEL,
-            ),
+            *self.protocol_phases("stream", c, d),
+            Phase("paced", "paced", a.paced_concurrency, d, stagger=stagger, model=PACED_MODEL),
         ]
         if a.anthropic_paced:
             # The same paced streams through the gateway's Anthropic provider, right
@@ -591,11 +614,12 @@ class Bench:
                     "paced",
                     a.paced_concurrency,
                     d,
-                    stagger=PACED_MS / 1000 / a.paced_concurrency,
+                    stagger=stagger,
                     model=ANTHROPIC_PACED_MODEL,
                     targets=("gateway",),
                 )
             )
+        phases += self.protocol_phases("paced", a.paced_concurrency, d, stagger)
         if a.open_streams:
             # Many slow streams open at once. The connections open over a ramp of
             # OPEN_RAMP seconds (10,000 at once would measure a connection storm, not open
@@ -623,6 +647,26 @@ class Bench:
                     )
                 )
         return phases
+
+    def protocol_phases(
+        self, kind: str, concurrency: int, seconds: float, stagger: float = 0.0
+    ) -> list[Phase]:
+        """The Messages and Responses phases of one kind (`messages-json`...), each with its
+        protocol's models; run right after chat completions' phase of the same kind, so
+        that the report's ratio to it compares measurements close in time."""
+        return [
+            Phase(
+                f"{name}-{kind}",
+                kind,
+                concurrency,
+                seconds,
+                stagger=stagger,
+                model=PROTOCOLS[name].paced_model if kind == "paced" else PROTOCOLS[name].model,
+                protocol=name,
+            )
+            for name in self.args.protocols
+            if name != "chat"
+        ]
 
     async def measure_background(self, seconds: float) -> None:
         before = core_times()
@@ -715,6 +759,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(the fake upstream as Anthropic's Messages API), against its OpenAI ones",
     )
     p.add_argument(
+        "--protocols",
+        default=",".join(PROTOCOLS),
+        help="the client protocols measured, comma-separated (default and at most "
+        f"{','.join(PROTOCOLS)}; chat completions always): each of Messages and Responses "
+        "adds a non-stream, a stream and a paced phase",
+    )
+    p.add_argument(
         "--memory",
         action="store_true",
         help="also measure RSS after 10,000 and --memory-requests requests",
@@ -759,6 +810,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.config = Path(a.config).resolve()
     if a.quiet_wait is None:
         a.quiet_wait = 1.0 if a.quick else 3.0
+    given = [n.strip() for n in a.protocols.split(",") if n.strip()]
+    unknown = sorted(set(given) - set(PROTOCOLS))
+    if unknown:
+        p.error(f"--protocols: unknown {', '.join(unknown)} (known: {', '.join(PROTOCOLS)})")
+    a.protocols = ["chat", *(n for n in PROTOCOLS if n != "chat" and n in given)]
     if a.gateway_only and a.skip_gateway:
         p.error("--gateway-only and --skip-gateway exclude each other")
     if a.anthropic_paced and a.skip_gateway:

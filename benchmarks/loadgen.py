@@ -23,6 +23,7 @@ import asyncio
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -37,10 +38,14 @@ CHURN_STREAMS = 3  # streams in a row on each connection of bench.py --churn
 # The same through the gateway's Anthropic provider (bench.py --anthropic-paced).
 ANTHROPIC_MODEL = "woozlit/claude"
 ANTHROPIC_PACED_MODEL = f"woozlit/claude-paced{PACED_MS}"
-MESSAGES = [{"role": "user", "content": "Say hello in one short sentence."}]
+PROMPT = "Say hello in one short sentence."
+MESSAGES = [{"role": "user", "content": PROMPT}]
+MAX_TOKENS = 1024  # the Messages API requires max_tokens
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 def body(model: str, stream: bool) -> bytes:
+    """A chat completions request."""
     payload: dict = {"model": model, "messages": MESSAGES, "stream": stream}
     if stream:
         # Every target then sends the client the same events: the upstream's usage chunk.
@@ -48,8 +53,68 @@ def body(model: str, stream: bool) -> bytes:
     return orjson.dumps(payload)
 
 
+def messages_body(model: str, stream: bool) -> bytes:
+    """An Anthropic Messages API request (its API reference: `model`, `max_tokens` and
+    `messages` required)."""
+    return orjson.dumps(
+        {"model": model, "max_tokens": MAX_TOKENS, "messages": MESSAGES, "stream": stream}
+    )
+
+
+def responses_body(model: str, stream: bool) -> bytes:
+    """An OpenAI Responses API request: the prompt as a string `input`."""
+    return orjson.dumps({"model": model, "input": PROMPT, "stream": stream})
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def anthropic_auth(key: str) -> dict[str, str]:
+    """Anthropic's headers: the key as `x-api-key` (the gateway also takes a Woozlit key
+    there) and the API version."""
+    return {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    """A client protocol as the load generator speaks it: the path, the request body for a
+    model, the headers that carry a key, and the models of its phases (plain, paced)."""
+
+    name: str  # "chat", "messages", "responses": bench.py's phases are named after it
+    title: str  # for the report
+    path: str
+    body: Callable[[str, bool], bytes]
+    auth: Callable[[str], dict[str, str]]
+    model: str
+    paced_model: str
+
+
+CHAT = Protocol(
+    "chat", "chat completions", "/v1/chat/completions", body, bearer, MODEL, PACED_MODEL
+)
+MESSAGES_API = Protocol(
+    "messages",
+    "Messages",
+    "/v1/messages",
+    messages_body,
+    anthropic_auth,
+    ANTHROPIC_MODEL,
+    ANTHROPIC_PACED_MODEL,
+)
+RESPONSES_API = Protocol(
+    "responses", "Responses", "/v1/responses", responses_body, bearer, MODEL, PACED_MODEL
+)
+PROTOCOLS = {p.name: p for p in (CHAT, MESSAGES_API, RESPONSES_API)}
+
+
 T_SENT = re.compile(rb'"t_sent":\s*(\d+)')
 T_IN_CONTENT = re.compile(rb"\[(\d{16,20})\]")
+# Named events (`event:` and `data:` lines): the ones that carry a delta's text (a paced
+# stream's stamp; the closing events of a Responses stream repeat the whole text, stamps
+# and all, and must not count), and the ones that end a stream, as [DONE] ends a chat one.
+DELTA_EVENTS = frozenset((b"content_block_delta", b"response.output_text.delta"))
+END_EVENTS = frozenset((b"message_stop", b"response.completed"))
 
 # Chunked transfer decoding states.
 _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
@@ -61,20 +126,21 @@ class ProtocolError(Exception):
 
 @dataclass(slots=True)
 class Target:
-    """Where to send requests, and what to send."""
+    """Where to send requests, and the key they carry (the fake upstream and the bare
+    passthrough take any)."""
 
     name: str
     host: str
     port: int
-    path: str = "/v1/chat/completions"
-    headers: dict[str, str] = field(default_factory=dict)
+    key: str = "bench"
 
-    def request(self, body: bytes) -> bytes:
+    def request(self, body: bytes, protocol: Protocol = CHAT) -> bytes:
+        """The request's bytes: `body` on the protocol's path, with its headers."""
         lines = [
-            f"POST {self.path} HTTP/1.1",
+            f"POST {protocol.path} HTTP/1.1",
             f"Host: {self.host}:{self.port}",
             "Content-Type: application/json",
-            *(f"{k}: {v}" for k, v in self.headers.items()),
+            *(f"{k}: {v}" for k, v in protocol.auth(self.key).items()),
             f"Content-Length: {len(body)}",
             "",
             "",
@@ -83,7 +149,14 @@ class Target:
 
 
 class StreamStats:
-    """Per-stream SSE bookkeeping: event count, [DONE], and for paced streams the delays."""
+    """Per-stream SSE bookkeeping: event count, the end, and for paced streams the delays.
+
+    Chat completions' events are `data:` lines and end with `data: [DONE]`; the Messages
+    and Responses APIs' have an `event:` line first, their type, and end with
+    `message_stop` / `response.completed` (END_EVENTS). Per event this costs a prefix test
+    and, for a named one, a slice and a set lookup; the stamp is searched for in paced
+    streams only, and in named events only in their deltas (DELTA_EVENTS).
+    """
 
     __slots__ = (
         "content_events",
@@ -102,7 +175,7 @@ class StreamStats:
         self.paced = paced
         self.window = window  # keep only the delays of chunks sent within (time_ns)
         self.tail = b""
-        self.events = 0  # data events other than [DONE]
+        self.events = 0  # events other than [DONE] and comments
         self.content_events = 0  # events that carry a send stamp (paced streams)
         self.reads: set[int] = set()  # which socket reads delivered stamped events
         self.delays: list[int] = []  # ns, receive minus upstream send
@@ -115,22 +188,34 @@ class StreamStats:
         parts = buffer.split(b"\n\n")
         self.tail = parts.pop()
         for event in parts:
-            if not event.startswith(b"data:"):
-                continue  # comments (`: keep-alive`), blank lines
-            if event[5:].strip() == b"[DONE]":
-                self.done = True
-                continue
-            self.events += 1
-            if self.paced:
-                found = T_SENT.search(event) or T_IN_CONTENT.search(event)
-                if found:
-                    self.content_events += 1
-                    self.reads.add(read_id)
-                    sent = int(found.group(1))
-                    self.first_arrival = self.first_arrival or t_ns
-                    if self.window is None or self.window[0] <= sent <= self.window[1]:
-                        self.delays.append(t_ns - sent)
-                        self.sent.append(sent)
+            if event.startswith(b"data:"):
+                if event[5:].strip() == b"[DONE]":
+                    self.done = True
+                    continue
+                self.events += 1
+                if self.paced:
+                    self.stamped(T_SENT.search(event) or T_IN_CONTENT.search(event), t_ns, read_id)
+            elif event.startswith(b"event:"):
+                self.events += 1
+                end = event.find(b"\n")
+                name = event[6:end].strip() if end > 0 else event[6:].strip()
+                if name in END_EVENTS:
+                    self.done = True
+                elif self.paced and name in DELTA_EVENTS:
+                    self.stamped(T_IN_CONTENT.search(event, end), t_ns, read_id)
+            # else: comments (`: keep-alive`), blank lines
+
+    def stamped(self, found: re.Match[bytes] | None, t_ns: int, read_id: int) -> None:
+        """A paced event with its send stamp (`found`) arrived at `t_ns` in read `read_id`."""
+        if found is None:
+            return
+        self.content_events += 1
+        self.reads.add(read_id)
+        sent = int(found.group(1))
+        self.first_arrival = self.first_arrival or t_ns
+        if self.window is None or self.window[0] <= sent <= self.window[1]:
+            self.delays.append(t_ns - sent)
+            self.sent.append(sent)
 
 
 class Connection(asyncio.Protocol):
@@ -321,8 +406,10 @@ async def run_load(
     stagger: float = 0.0,
     delay_window: tuple[float, float] | None = None,
     all_open: bool = False,
+    protocol: Protocol = CHAT,
 ) -> LoadResult:
-    """Drive `concurrency` connections for `duration` seconds or until `total` requests.
+    """Drive `concurrency` connections for `duration` seconds or until `total` requests
+    (`body`, sent in `protocol`'s way).
 
     Connection i starts `stagger * i` seconds after the first. With `delay_window` (seconds
     from the start), paced streams keep the delays of the chunks sent within it only, e.g.
@@ -335,7 +422,7 @@ async def run_load(
     assert not all_open or total == concurrency, "all_open: one stream per connection"
     finished: list[StreamStats] = []
     loop = asyncio.get_running_loop()
-    request = target.request(body)
+    request = target.request(body, protocol)
     result = LoadResult()
     issued = 0
     started = time.monotonic()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
-from loadgen import CHURN_STREAMS, OPEN_MS, PACED_MS, LoadResult, percentile
+from loadgen import CHURN_STREAMS, OPEN_MS, PACED_MS, PROTOCOLS, LoadResult, Protocol, percentile
 from unread import CASES, SAMPLE_EVERY
 
 if TYPE_CHECKING:
@@ -55,6 +55,13 @@ class Row:
 
 def difference(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
+
+
+def quotient(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+Per = Callable[[str, Callable[[LoadResult], float | None]], dict[str, float | None]]
 
 
 def figures(bench: Bench) -> list[Row]:
@@ -175,6 +182,10 @@ def figures(bench: Bench) -> list[Row]:
             ),
         ]
 
+    for protocol in PROTOCOLS.values():
+        if protocol.name != "chat" and res.get(f"{protocol.name}-json"):
+            rows += protocol_rows(bench, protocol, per)
+
     def many_streams(phase: str, title: str, what: str, streams: int) -> list[Row]:
         """The rows of --open-streams and --churn: delays, completeness, peak RSS."""
         window = Row(
@@ -241,6 +252,84 @@ def figures(bench: Bench) -> list[Row]:
             Row(f"memory: growth from {n1:,} to {a.memory_requests:,} (%)", growth, ""),
         ]
     return rows
+
+
+def protocol_rows(bench: Bench, protocol: Protocol, per: Per) -> list[Row]:
+    """The Messages or Responses API's phases: throughput, stream duration and paced delays
+    as for chat completions, and per target the ratio of each throughput to chat
+    completions' and the paced p99's difference from theirs, in the same run."""
+    a, p, title = bench.args, protocol.name, protocol.title
+    names = [s.name for s in bench.subjects]
+    c, pc = a.concurrency, a.paced_concurrency
+
+    def rate(phase: str) -> dict[str, float | None]:
+        return per(phase, lambda r: r.rate)
+
+    def p99(phase: str) -> dict[str, float | None]:
+        return per(phase, lambda r: ms(percentile(r.delays_ns, 99)))
+
+    rates = {kind: (rate(f"{p}-{kind}"), rate(kind)) for kind in ("json", "stream")}
+    paced, chat_paced = p99(f"{p}-paced"), p99("paced")
+    return [
+        Row(
+            f"{title}: non-stream throughput, c={c} (req/s)",
+            rates["json"][0],
+            "higher",
+            f"{p}-json",
+        ),
+        Row(
+            f"{title}: non-stream throughput / chat completions'",
+            {n: quotient(rates["json"][0].get(n), rates["json"][1].get(n)) for n in names},
+            "",
+            f"{p}-json",
+            also="json",
+        ),
+        Row(
+            f"{title}: streams/s, {a.chunks} chunks, c={c}",
+            rates["stream"][0],
+            "higher",
+            f"{p}-stream",
+        ),
+        Row(
+            f"{title}: streams/s / chat completions'",
+            {n: quotient(rates["stream"][0].get(n), rates["stream"][1].get(n)) for n in names},
+            "",
+            f"{p}-stream",
+            also="stream",
+        ),
+        Row(
+            f"{title}: stream duration p99, c={c} (ms)",
+            per(f"{p}-stream", lambda r: ms(percentile(r.latencies_ns, 99))),
+            "lower",
+            f"{p}-stream",
+        ),
+        Row(
+            f"{title}: paced chunk delay p50 (c={pc}) (ms)",
+            per(f"{p}-paced", lambda r: ms(percentile(r.delays_ns, 50))),
+            "lower",
+            f"{p}-paced",
+        ),
+        Row(f"{title}: paced chunk delay p99 (ms)", paced, "lower", f"{p}-paced"),
+        Row(
+            f"{title}: paced p99 minus chat completions' (ms)",
+            {n: difference(paced.get(n), chat_paced.get(n)) for n in names},
+            "",
+            f"{p}-paced",
+            also="paced",
+        ),
+        Row(
+            f"{title}: paced chunk delay max (ms)",
+            per(f"{p}-paced", lambda r: ms(max(r.delays_ns)) if r.delays_ns else None),
+            "lower",
+            f"{p}-paced",
+        ),
+        Row(
+            f"{title}: paced streams, all {a.chunks} in separate reads (%)",
+            per(f"{p}-paced", lambda r: 100 * r.paced_separate / max(1, r.paced_streams)),
+            "higher",
+            f"{p}-paced",
+        ),
+    ]
 
 
 def unread_rows(bench: Bench) -> list[Row]:
@@ -348,6 +437,11 @@ def report(bench: Bench, started: float) -> str:
         f"command: {' '.join(['python', 'benchmarks/bench.py', *sys.argv[1:]])}",
         f"{a.rounds} round(s); per target: {a.duration:g} s non-stream, {a.duration / 2:g} s c=1, "
         f"{a.duration:g} s streams, {a.duration:g} s paced"
+        + (
+            f"; the same non-stream, stream and paced in {', '.join(a.protocols[1:])}"
+            if a.protocols[1:]
+            else ""
+        )
         + (f"; gateway only: {a.duration:g} s paced via Anthropic" if a.anthropic_paced else "")
         + (
             f"; then {len(CASES)} x {a.unread_seconds:g} s of {a.unread_streams} unread/read "
@@ -431,6 +525,11 @@ def report(bench: Bench, started: float) -> str:
         lines.append(f"note: {phase} {name}: events per stream {events} (all should be equal)")
     lines += [f"note: {n}" for n in bench.notes]
     lines += [f"left out: {s.name}: {s.failed}" for s in bench.subjects if s.failed]
+    lines += [
+        f"left out of the {protocol} phases: {s.name}: {reason}"
+        for s in bench.subjects
+        for protocol, reason in s.refused.items()
+    ]
     lines += ["", *checks(bench)]
     return "\n".join(lines)
 
@@ -520,6 +619,7 @@ def checks(bench: Bench) -> list[str]:
         )
 
     out += anthropic_check(rows)
+    out += protocol_checks(rows)
     out.append("targets (performance, meant with everything on: --redis):")
 
     def target(label: str, value: float | None, limit: float, unit: str, most: bool = True) -> None:
@@ -570,6 +670,41 @@ def anthropic_check(rows: dict[str, dict[str, float | None]]) -> list[str]:
         f"against {openai:.2f} ms, {diff:+.2f} ms "
         f"{'reached' if abs(diff) <= 1 else 'NOT reached'}{separate}",
     ]
+
+
+def protocol_checks(rows: dict[str, dict[str, float | None]]) -> list[str]:
+    """The native client protocols against chat completions, the gateway's in the same run:
+    each throughput at least 90% of chat completions', the paced p99 at most 1 ms above
+    theirs. Bare's own ratio is given beside each: what the protocol's answers cost over
+    chat completions' in a proxy that does nothing (the Responses API's events are bigger)."""
+    out: list[str] = []
+    chat = rows.get("paced chunk delay p99 (ms)", {}).get("gateway")
+    for protocol in PROTOCOLS.values():
+        t = protocol.title
+        for what, label in (("non-stream throughput", "non-stream"), ("streams/s", "streams/s")):
+            ratio = rows.get(f"{t}: {what} / chat completions'", {})
+            g, b = ratio.get("gateway"), ratio.get("bare")
+            if protocol.name == "chat" or g is None:
+                continue
+            floor = f" (bare's {100 * b:.0f}%)" if b is not None else ""
+            out.append(
+                f"  {t} {label} >= 90% of chat completions': {100 * g:.0f}%{floor} "
+                f"{'reached' if g >= 0.9 else 'NOT reached'}"
+            )
+        via = rows.get(f"{t}: paced chunk delay p99 (ms)", {}).get("gateway")
+        if protocol.name == "chat" or via is None or chat is None or via != via or chat != chat:
+            continue
+        sep = next((v for k, v in rows.items() if k.startswith(f"{t}: paced streams, all")), {})
+        separate = sep.get("gateway")
+        out.append(
+            f"  {t} paced chunk delay p99 within 1 ms of chat completions': {via:.2f} ms "
+            f"against {chat:.2f} ms, {via - chat:+.2f} ms "
+            f"{'reached' if via - chat <= 1 else 'NOT reached'}"
+            + (f"; all chunks separate in {separate:.0f}% of streams" if separate else "")
+        )
+    if not out:
+        return []
+    return ["targets (client protocols served natively, against chat completions):", *out]
 
 
 def cpu_model() -> str:
