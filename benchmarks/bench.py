@@ -171,6 +171,21 @@ def git_commit() -> str:
     return f"{head} + uncommitted changes in proxy/" if dirty else head
 
 
+async def create_key(port: int, admin_token: str) -> str:
+    """A premium developer account and a key for it, through the gateway's admin API."""
+    base = f"http://127.0.0.1:{port}/admin/v1"
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    async with aiohttp.ClientSession(headers=headers) as s:
+        async with s.post(f"{base}/accounts", json={"tier": "premium", "developer": True}) as r:
+            if r.status != 201:
+                raise RuntimeError(f"creating an account: {r.status} {await r.text()}")
+            account = (await r.json())["id"]
+        async with s.post(f"{base}/accounts/{account}/keys", json={"name": "bench"}) as r:
+            if r.status != 201:
+                raise RuntimeError(f"creating a key: {r.status} {await r.text()}")
+            return (await r.json())["key"]
+
+
 class Bench:
     """One run: starts the targets, measures them phase by phase, keeps the results."""
 
@@ -235,24 +250,10 @@ class Bench:
         if a.redis:
             if self.gateway_key is None:
                 admin_token = self.gateway_env["WOOZLIT_ADMIN_TOKEN"]
-                self.gateway_key = await self.create_key(port, admin_token)
+                self.gateway_key = await create_key(port, admin_token)
             key = self.gateway_key
         assert key is not None
         return Subject("gateway", Target("gateway", "127.0.0.1", port, key), proc)
-
-    async def create_key(self, port: int, admin_token: str) -> str:
-        """A premium developer account and a key for it, through the admin API."""
-        base = f"http://127.0.0.1:{port}/admin/v1"
-        headers = {"Authorization": f"Bearer {admin_token}"}
-        async with aiohttp.ClientSession(headers=headers) as s:
-            async with s.post(f"{base}/accounts", json={"tier": "premium", "developer": True}) as r:
-                if r.status != 201:
-                    raise RuntimeError(f"creating an account: {r.status} {await r.text()}")
-                account = (await r.json())["id"]
-            async with s.post(f"{base}/accounts/{account}/keys", json={"name": "bench"}) as r:
-                if r.status != 201:
-                    raise RuntimeError(f"creating a key: {r.status} {await r.text()}")
-                return (await r.json())["key"]
 
     async def check(self, subject: Subject) -> None:
         """One request of each kind, checked in full, before any load (aiohttp client). A
