@@ -56,10 +56,18 @@ def failure(chat: ChatRequest, rid: str, exc: GatewayError, usage: Usage, sequen
         "sequence_number": sequence,
     }
     response = response_object(chat, rid, "failed", [])
-    response["error"] = {"code": exc.code or exc.type, "message": exc.message}
+    response["error"] = {"code": failed_code(exc), "message": exc.message}
     response["usage"] = usage_object(usage)
     failed = {"type": "response.failed", "response": response, "sequence_number": sequence + 1}
     return event("error", error) + event("response.failed", failed)
+
+
+def failed_code(exc: GatewayError) -> str:
+    """The `response.error.code` of a failed response: one of the API's codes
+    (`ResponseError.code`), `rate_limit_exceeded` for an overload, else `server_error`."""
+    if exc.status == 429 or exc.code == "rate_limit_exceeded" or exc.status == 503:
+        return "rate_limit_exceeded"
+    return "server_error"
 
 
 class NativeStream:
