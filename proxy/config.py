@@ -277,6 +277,10 @@ class ProviderConfig:
     # max_completion_tokens (its reasoning models refuse max_tokens), and a file's provider
     # at api.openai.com defaults to it; DeepSeek, vLLM and Ollama read max_tokens.
     max_tokens_parameter: Annotated[str, AfterValidator(_max_tokens_parameter)] = "max_tokens"
+    # Whether an OpenAI-kind upstream also serves OpenAI's Responses API (`POST /responses`):
+    # then Responses clients are answered natively (providers/openai_responses.py). OpenAI
+    # does; DeepSeek, vLLM and Ollama-style upstreams do not.
+    responses_api: bool = False
 
     @property
     def needs_key(self) -> bool:
