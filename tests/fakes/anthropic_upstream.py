@@ -34,6 +34,9 @@ import orjson
 from aiohttp import web
 
 API_VERSION = "2023-06-01"
+# The versions the service takes (platform.claude.com/docs/en/api/versioning); 2026-10-21,
+# the anthropic SDK's since 2.x, removed `temperature`, `top_p` and `top_k`.
+API_VERSIONS = (API_VERSION, "2026-10-21")
 
 # Scenarios answered with an HTTP error before any stream: status, error type, message.
 HTTP_ERRORS = {
@@ -142,7 +145,7 @@ class FakeAnthropic:
         """`GET /v1/models`: newest first, `limit` (1..1000, default 20) after `after_id`."""
         if request.headers.get("x-api-key") != self.api_key:
             return _error(401, "authentication_error", "invalid x-api-key")
-        if request.headers.get("anthropic-version") != API_VERSION:
+        if request.headers.get("anthropic-version") not in API_VERSIONS:
             return _error(400, "invalid_request_error", "anthropic-version: invalid version")
         try:
             limit = int(request.query.get("limit", "20"))
@@ -177,7 +180,7 @@ class FakeAnthropic:
         self.counts.append(Received(dict(request.headers), body))
         if request.headers.get("x-api-key") != self.api_key:
             return _error(401, "authentication_error", "invalid x-api-key")
-        if request.headers.get("anthropic-version") != API_VERSION:
+        if request.headers.get("anthropic-version") not in API_VERSIONS:
             return _error(400, "invalid_request_error", "anthropic-version: invalid version")
         extra = [name for name in body if name not in COUNT_FIELDS]
         if extra:
@@ -198,9 +201,13 @@ class FakeAnthropic:
         self.requests.append(Received(dict(request.headers), body))
         if request.headers.get("x-api-key") != self.api_key:
             return _error(401, "authentication_error", "invalid x-api-key")
-        if request.headers.get("anthropic-version") != API_VERSION:
+        if request.headers.get("anthropic-version") not in API_VERSIONS:
             return _error(400, "invalid_request_error", "anthropic-version: invalid version")
         problem = _check(body, request.headers.get("anthropic-beta", ""))
+        if request.headers["anthropic-version"] != API_VERSION:
+            removed = [name for name in ("temperature", "top_p", "top_k") if name in body]
+            if removed and not problem:
+                problem = f"{removed[0]}: Extra inputs are not permitted"
         if problem:
             return _error(400, "invalid_request_error", problem)
         if body["model"] not in {model[0] for model in self.models}:
