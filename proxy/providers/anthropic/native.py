@@ -274,11 +274,24 @@ class AnthropicNativeStream(StreamTranslator):
         return super().final_usage()
 
 
+# The keys of the delta fields that carry output, as they appear in an event's JSON: a JSON
+# string cannot hold them unescaped, so the first match is the key.
+_DELTA_KEYS = (b'"text":"', b'"thinking":"', b'"partial_json":"')
+
+
 def _delta_weight(data: bytes) -> int:
-    """The characters a content_block_delta adds: its text, thinking or tool input JSON."""
-    payload = load_json(data, "stream event")
-    delta = payload.get("delta")
-    if not isinstance(delta, dict):
-        return 0
-    text = delta.get("text") or delta.get("thinking") or delta.get("partial_json")
-    return text_weight(text) if isinstance(text, str) else 0
+    """The characters a content_block_delta adds (its text, thinking or tool input JSON), in
+    `text_weight`'s units, read from the bytes without parsing them (this is nearly every
+    event of a stream): the bytes of the value, JSON escapes counted as written."""
+    for key in _DELTA_KEYS:
+        start = data.find(key)
+        if start >= 0:
+            start += len(key)
+            end = data.rfind(b'"')
+            if end <= start:
+                return 0
+            value = data[start:end]
+            if value.isascii():
+                return end - start
+            return 2 * len(value) - len(value.decode("utf-8", "replace"))
+    return 0
