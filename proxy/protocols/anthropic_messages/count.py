@@ -6,7 +6,9 @@ else the gateway's estimate of the prompt (the one its quota holds, an upper est
 other provider counts Messages requests). When Anthropic fails through no fault of the
 request (the deployment's: overloaded, our key refused...), the estimate is the answer too;
 a request Anthropic refuses gets its 400. A count is a request of the key's minute (the
-rate limit, `mode="rate"`) and costs no tokens: the quota is neither held nor charged.
+rate limit, `mode="rate"`) and costs no tokens: the quota is neither held nor charged. It is
+in the access log (protocol "messages"), not in `woozlit_requests_total`, which counts the
+requests that produce an answer.
 
 Source: token counting (platform.claude.com/docs/en/api/messages-count-tokens).
 """
