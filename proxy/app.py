@@ -51,6 +51,7 @@ from proxy.profiles import (
     http_error,
     render_error,
 )
+from proxy.protocols.anthropic_messages import MESSAGES
 from proxy.protocols.openai_chat import OPENAI_CHAT
 from proxy.protocols.openai_responses import OPENAI_RESPONSES
 from proxy.routing import Router
@@ -61,7 +62,7 @@ log = logging.getLogger("proxy")
 
 API_PREFIXES = (WOOZLIT_PREFIX, OPENAI_PREFIX.rstrip("/"))
 # The protocols clients speak (protocols/), each on its paths below every API prefix.
-PROTOCOLS: tuple[ClientProtocol, ...] = (OPENAI_CHAT, OPENAI_RESPONSES)
+PROTOCOLS: tuple[ClientProtocol, ...] = (OPENAI_CHAT, MESSAGES, OPENAI_RESPONSES)
 # The headers a browser page may read from an API answer (CORS).
 EXPOSED_HEADERS = (
     "x-request-id",
