@@ -577,3 +577,19 @@ async def test_claude_code_replayed(
         upstream = cg.anthropic.requests[-1]
         assert upstream.headers["anthropic-beta"] == headers["anthropic-beta"]
         assert upstream.body == {**body, "model": "claude-3-5-sonnet-20241022"}
+
+
+@pytest.mark.parametrize("profile", ["v1", "woozlit"])
+async def test_models_take_the_key_as_x_api_key(cg: ClientGateway, profile: str) -> None:
+    """The anthropic SDKs list models with `x-api-key`: the key is known there too."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(cg.url(profile) + "/models", headers={"x-api-key": cg.key}) as resp,
+    ):
+        assert resp.status == 200
+        assert CLAUDE_MODEL in {m["id"] for m in (await resp.json())["data"]}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(cg.url(profile) + "/models", headers={"x-api-key": "woozlit_nope"}) as resp,
+    ):
+        assert resp.status == 401
