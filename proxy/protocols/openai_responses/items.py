@@ -34,6 +34,11 @@ stored item of the request's account, all in one MGET; the native OpenAI deploym
 the full items too. An id that is unknown, expired or another account's is a 400 naming
 `input[i].id` with OpenAI's sentence: "Item with id '<id>' not found.".
 
+Not yet handled: a reasoning item of a native answer, sent back to OpenAI (which gets
+`store: false`), is resolved by OpenAI only with its `encrypted_content`, which the item
+carries only when the client asked `include: ["reasoning.encrypted_content"]` (OpenAI
+refuses that `include` for models that do not reason, so the gateway cannot add it blindly).
+
 `previous_response_id` and `conversation` stay refused (a 400 naming the field,
 request.py). Serving `previous_response_id` would mean keeping each response's input too
 (its user messages have no ids: a copy of the whole conversation per response, quadratic in
