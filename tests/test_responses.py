@@ -167,7 +167,7 @@ async def test_non_stream(served: Served, model: str, prefix: str) -> None:
     answer = await served.answer({"model": model, "input": "Hello!"}, prefix)
     assert text_of(answer) == ANSWERS[model]
     assert answer["model"] == model and answer["status"] == "completed"
-    assert answer["id"].startswith("woozlit-") and answer["store"] is False
+    assert answer["id"].startswith("woozlit-") and answer["store"] is True  # items kept
     usage = answer["usage"]
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
 
@@ -315,7 +315,7 @@ async def test_builtin_tools_go_through_natively(served: Served) -> None:
     [
         ({"previous_response_id": "resp_123"}, "previous_response_id"),
         ({"conversation": "conv_123"}, "conversation"),
-        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].id"),
         ({"max_output_tokens": 8}, "max_output_tokens"),
         ({"input": [{"type": "nonsense"}]}, "input[0]"),
         ({"input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),

@@ -3,10 +3,10 @@
 A Responses client's body goes to `{base_url}/responses` as it came (a copy: another
 deployment may need it whole), with three fields set by the gateway: `model` (the
 deployment's), `max_output_tokens` (the admitted cap, `ChatRequest.cap_for`) and `store`
-false (the gateway keeps no responses, and refuses what would refer to stored ones:
-protocols/openai_responses/request.py). The gateway's default temperature is not added:
-the reasoning models that Codex runs refuse one. A deployment's `params` are chat
-completions fields, and are not sent here.
+false (the gateway keeps the answer's items itself, and replaces each `item_reference` by
+its item before the body comes here: protocols/openai_responses/items.py). The gateway's
+default temperature is not added: the reasoning models that Codex runs refuse one. A
+deployment's `params` are chat completions fields, and are not sent here.
 
 The answer comes back untranslated (`native`): the client protocol stamps the gateway's id
 and the public model name on it. Usage is the response's `usage.input_tokens` and

@@ -16,7 +16,8 @@ added before its deltas, and every added item is done before the response comple
 
 Native (`NativeStream`): the provider's events as it sent them, the lifecycle events
 (`response.created` ... `response.completed`) with the gateway's `id` and the public model
-name (providers/openai_responses.py parses those alone).
+name (providers/openai_responses.py parses those alone), and `store` saying whether the
+answer is kept (items.py: from `response.completed`, as for a translated stream).
 
 A stream that fails after it began ends with an `error` event (`ResponseErrorEvent`:
 code, message, param) and then `response.failed` carrying the error and the usage charged.
@@ -30,6 +31,7 @@ import orjson
 
 from proxy.core import ChatRequest, Usage
 from proxy.errors import GatewayError
+from proxy.protocols.openai_responses.items import keep, stored
 from proxy.protocols.openai_responses.request import namespaces
 from proxy.protocols.openai_responses.response import (
     INCOMPLETE,
@@ -91,6 +93,8 @@ class NativeStream:
         for chunk in chunks:
             if isinstance(chunk, dict):
                 chunk["response"]["id"] = self._rid
+                chunk["response"]["store"] = stored(self._chat)
+                keep(self._chat, chunk["response"])  # the completed (or incomplete) one
                 chunk = event(chunk["type"], chunk)
             frames.append(chunk)
         return b"".join(frames)
@@ -253,6 +257,7 @@ class TranslatedStream:
             counts = self.usage.get("prompt_tokens", 0), self.usage.get("completion_tokens", 0)
             response["usage"] = usage_object(Usage(*counts), self.usage)
         self.emit(f"response.{status}", response=response)
+        keep(self.chat, response)
         payload = b"".join(self.frames)
         self.frames.clear()
         return payload
