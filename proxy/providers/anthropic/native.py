@@ -46,6 +46,7 @@ from proxy.config import Deployment
 from proxy.core import ChatRequest, Native, Usage
 from proxy.errors import BadRequest, GatewayError, UpstreamError
 from proxy.estimates import estimate_text_tokens, text_weight
+from proxy.providers.anthropic.errors import error_from_body, error_from_type
 from proxy.providers.anthropic.response import input_tokens, usage_from
 from proxy.providers.anthropic.stream import AnthropicUsage
 from proxy.providers.base import Provider, StreamTranslator, UpstreamRequest, load_json
@@ -134,12 +135,14 @@ class AnthropicNative(Provider):
     def error_from_type(
         self, error: Any, headers: dict[str, str], status: int | None = None
     ) -> GatewayError:
-        return self.parent.error_from_type(error, headers, status)
+        """As the provider's, but a refused `anthropic-` header is the client's (its own
+        `anthropic-version` and `anthropic-beta` went as it sent them): errors.py."""
+        return error_from_type(self.config.name, error, headers, status, native=True)
 
     def error_from_response(
         self, status: int, body: bytes, headers: dict[str, str]
     ) -> GatewayError:
-        return self.parent.error_from_response(status, body, headers)
+        return error_from_body(self.config.name, status, body, headers, native=True)
 
 
 class AnthropicCounter(AnthropicNative):
