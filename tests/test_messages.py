@@ -616,3 +616,22 @@ async def test_a_refused_anthropic_header_is_the_clients_400(cg: ClientGateway) 
     assert "woozlit_upstream_retries_total{" not in metrics
     status, _, raw = await post(cg, body)
     assert status == 200, raw
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "error_type", "sentence"),
+    [
+        ("file_not_found", 404, "not_found_error", "File not found: file_011"),
+        ("not_found", 503, "overloaded_error", "does not serve this model"),
+    ],
+)
+async def test_a_native_404_is_the_clients_unless_it_is_the_model(
+    cg: ClientGateway, kind: str, status: int, error_type: str, sentence: str
+) -> None:
+    """Natively, the client's body goes as it came: a 404 about a file it named is its own
+    404, while a 404 about the model (which the config chose) is the deployment's."""
+    cg.anthropic.scenario = Scenario(kind=kind)
+    body = {"model": CLAUDE_MODEL, "max_tokens": 10, "messages": HELLO}
+    got, _, raw = await post(cg, body)
+    assert got == status, raw
+    assert sentence in error_of(got, raw, error_type)

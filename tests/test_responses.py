@@ -57,6 +57,8 @@ MODELS = {
     "woozlit/chat-crashing": [{"provider": "chat", "model": "midstream-error"}],
     "woozlit/chat-endless": [{"provider": "chat", "model": "endless"}],
     "woozlit/gpt-5-mini": [{"provider": "openai", "model": "gpt-5-mini"}],
+    "woozlit/gpt-404": [{"provider": "openai", "model": "error-404"}],
+    "woozlit/gpt-retired": [{"provider": "openai", "model": "retired"}],
 }
 TIERS = {
     "free": {"monthly_tokens": 1000, "requests_per_minute": 1000},
@@ -454,3 +456,18 @@ async def test_codex_namespace_tools_are_flattened_and_split_back(served: Served
     sent = served.openai.record.requests[-1]
     assert sent["tools"][0]["function"]["name"] == "agents__spawn"
     assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == "agents__spawn"
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "code"),
+    [("woozlit/gpt-404", 404, None), ("woozlit/gpt-retired", 503, "model_unavailable")],
+)
+async def test_a_native_404_is_the_clients_unless_it_is_the_model(
+    served: Served, model: str, status: int, code: str | None
+) -> None:
+    """Natively the client's body goes as it came: OpenAI's 404 about what it named (a file,
+    an item) is its own 404; `model_not_found` (the config chose the model) is the
+    deployment's, a 503 the next deployment may take."""
+    got, _, raw = await served.post({"model": model, "input": "hi"}, "/v1")
+    assert got == status, raw
+    assert json.loads(raw)["error"]["code"] == code

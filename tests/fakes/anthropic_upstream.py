@@ -49,6 +49,7 @@ HTTP_ERRORS = {
     "rate_limited": (429, "rate_limit_error", "Number of request tokens has exceeded your limit."),
     "server_error": (500, "api_error", "Internal server error"),
     "not_found": (404, "not_found_error", "model: claude-unknown"),
+    "file_not_found": (404, "not_found_error", "File not found: file_011CNha8iCJcU1wXNR6q4V8w"),
     "credit_low": (
         400,
         "invalid_request_error",

@@ -22,6 +22,7 @@ from proxy.errors import (
     BadRequest,
     GatewayError,
     ModelUnavailable,
+    NotFound,
     ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -46,7 +47,9 @@ def error_from_type(
     the request was translated (the gateway chose the headers), and the client's with
     `native`: a Messages client's own `anthropic-version` and `anthropic-beta` go to Claude
     as it sent them, and it gets Anthropic's sentence in a 400 (Claude Code then retries
-    without a beta the model does not take). Never a 5xx that would feed the breaker."""
+    without a beta the model does not take). Never a 5xx that would feed the breaker. So is a
+    native 404 about anything but the model ("model: <name>"): a file or container the
+    client named."""
     kind = error.get("type") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     text = message if isinstance(message, str) else ""
@@ -65,6 +68,8 @@ def error_from_type(
             f"Provider '{name}' refused the gateway's account (billing or usage limits)."
         )
     if kind == "not_found_error" or status == 404:
+        if native and not text.startswith("model"):  # a file or container the client named
+            return NotFound(text or "Not found.")
         return ModelUnavailable(f"Provider '{name}' does not serve this model (retired?).")
     if kind == "request_too_large" or status == 413:
         return BadRequest(f"The request is too large for provider '{name}'.")
