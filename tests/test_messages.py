@@ -18,6 +18,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.app_state import ACCOUNTANT, ACCOUNTS
+from proxy.estimates import BUILTIN_TOOL_RESERVE
 from tests.clients.harness import (
     ANSWERS,
     BAD_KEY,
@@ -635,3 +636,30 @@ async def test_a_native_404_is_the_clients_unless_it_is_the_model(
     got, _, raw = await post(cg, body)
     assert got == status, raw
     assert sentence in error_of(got, raw, error_type)
+
+
+@pytest.mark.parametrize(("max_uses", "calls"), [(None, 1), (3, 3)])
+async def test_server_tools_are_held_for(
+    cg: ClientGateway, max_uses: int | None, calls: int
+) -> None:
+    """A server tool's results are billed as input by Anthropic, unseen by the prompt's
+    estimate: each call it may make (`max_uses`, else one) holds BUILTIN_TOOL_RESERVE more."""
+    accounts = cg.gateway.app[ACCOUNTS]
+    limit = calls * BUILTIN_TOOL_RESERVE
+    account = await accounts.create_account(
+        {"tier": "free", "developer": True, "monthly_token_limit": limit}
+    )
+    key = (await accounts.create_key(account["id"], "small"))["key"]
+    body: dict[str, Any] = {"model": CLAUDE_MODEL, "max_tokens": 100, "messages": HELLO}
+    status, _, raw = await post(cg, body, key=key)
+    assert status == 200, raw
+    tool: dict[str, Any] = {"type": "web_search_20250305", "name": "web_search"}
+    if max_uses is not None:
+        tool["max_uses"] = max_uses
+        body["tools"] = [dict(tool, max_uses=max_uses - 1)]
+        status, _, raw = await post(cg, body, key=key)
+        assert status == 200, raw  # one call fewer fits
+    body["tools"] = [tool]
+    status, _, raw = await post(cg, body, key=key)
+    assert status == 429, raw
+    assert error_of(status, raw, "rate_limit_error").startswith("Monthly token limit")

@@ -20,6 +20,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from proxy.app_state import ACCOUNTANT, ACCOUNTS, METRICS
+from proxy.estimates import BUILTIN_TOOL_RESERVE
 from tests.conftest import FakeUpstream, Gateway, GatewayFactory, openai_provider
 from tests.fakes.anthropic_upstream import (
     FAKE,
@@ -471,3 +472,19 @@ async def test_a_native_404_is_the_clients_unless_it_is_the_model(
     got, _, raw = await served.post({"model": model, "input": "hi"}, "/v1")
     assert got == status, raw
     assert json.loads(raw)["error"]["code"] == code
+
+
+async def test_builtin_tools_are_held_for(served: Served) -> None:
+    """A built-in tool's results are billed as input by OpenAI, unseen by the prompt's
+    estimate: each one declared holds BUILTIN_TOOL_RESERVE more of the quota."""
+    accounts = served.gateway.app[ACCOUNTS]
+    account = await accounts.create_account(
+        {"tier": "free", "developer": True, "monthly_token_limit": BUILTIN_TOOL_RESERVE}
+    )
+    key = (await accounts.create_key(account["id"], "small"))["key"]
+    body = {"model": NATIVE, "input": "hi", "max_output_tokens": 100}
+    status, _, raw = await served.post(body, key=key)
+    assert status == 200, raw
+    body["tools"] = [{"type": "web_search"}]
+    status, _, raw = await served.post(body, key=key)
+    assert status == 429 and json.loads(raw)["error"]["code"] == "insufficient_quota", raw

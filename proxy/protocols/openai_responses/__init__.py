@@ -29,7 +29,7 @@ from aiohttp import web
 from proxy.app_state import CONFIG, ROUTER
 from proxy.core import ChatRequest, Usage
 from proxy.errors import GatewayError
-from proxy.estimates import estimate_prompt_tokens
+from proxy.estimates import estimate_builtin_tool_tokens, estimate_prompt_tokens
 from proxy.exchange import ClientProtocol
 from proxy.protocols.body import read_json_object
 from proxy.protocols.openai_chat import validate_chat
@@ -40,6 +40,17 @@ from proxy.protocols.openai_responses.stream import NativeStream, TranslatedStre
 from proxy.relay import StreamEncoder
 
 DIALECT = "openai-responses"
+
+
+def builtin_tools(body: dict[str, Any]) -> int:
+    """How many of the request's `tools` the provider runs itself (web search, file search,
+    code interpreter...: every type but the client's own `function`, `namespace` and
+    `custom` tools)."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return 0
+    own = ("function", "namespace", "custom")
+    return sum(1 for tool in tools if isinstance(tool, dict) and tool.get("type") not in own)
 
 
 class OpenAIResponses(ClientProtocol):
@@ -73,6 +84,8 @@ class OpenAIResponses(ClientProtocol):
         # The native body may carry what the translation leaves out (reasoning items,
         # built-in tools): the hold covers whichever is larger.
         chat.prompt_tokens_estimate = max(chat.prompt_tokens_estimate, estimate_prompt_tokens(body))
+        # Built-in tools run by OpenAI bill their results as input: held too (estimates.py).
+        chat.completion_extra += estimate_builtin_tool_tokens(builtin_tools(body))
         return chat
 
     def body(
