@@ -49,6 +49,7 @@ from tests.clients.harness import (
     CLAUDE_MODEL,
     CLAUDE_TOOL,
     FAMILIES,
+    QUOTA_SENTENCE,
     TOOL_CITIES,
     TOOLS_MODEL,
     ClientGateway,
@@ -255,13 +256,14 @@ async def charged(served: ClientGateway, before: int, expected: int) -> int:
 
 
 async def claude(
-    cli: Path, base: str, model: str, home: Path, auth: dict[str, str]
+    cli: Path, base: str, model: str, home: Path, auth: dict[str, str], status: int = 0
 ) -> dict[str, Any]:
-    """`claude -p "say hi" --model MODEL --output-format json`: its result object."""
+    """`claude -p "say hi" --model MODEL --output-format json`: its result object, once it
+    exited with `status`."""
     env = {"HOME": str(home), "ANTHROPIC_BASE_URL": base, **CLAUDE_OFFLINE, **auth}
     argv = [str(cli / "node_modules" / ".bin" / "claude"), "-p", "say hi", "--model", model]
-    status, out, err = await run_cli([*argv, "--output-format", "json"], env, home)
-    assert status == 0, (out, err)
+    exited, out, err = await run_cli([*argv, "--output-format", "json"], env, home)
+    assert exited == status, (out, err)
     result: dict[str, Any] = json.loads(out)
     return result
 
@@ -309,8 +311,24 @@ async def test_claude_code_auth_and_profile(
     assert (result["subtype"], result["result"]) == ("success", ANSWERS[CLAUDE_MODEL])
 
 
-async def codex(cli: Path, base_url: str, key: str, model: str, tmp: Path) -> list[dict[str, Any]]:
-    """`codex exec --json "say hi"` with tests/clients/cli/codex.config.toml: its events."""
+async def test_claude_code_quota(
+    client_gateway: ClientGateway, cli_dir: Path, tmp_path: Path
+) -> None:
+    """The quota 429 (`x-should-retry: false`) is sent once and its sentence shown."""
+    before = client_gateway.quota_refusals()
+    auth = {"ANTHROPIC_API_KEY": client_gateway.quota_key}
+    base = client_gateway.gateway.base_url
+    result = await claude(cli_dir, base, CLAUDE_MODEL, tmp_path, auth, status=1)
+    assert (result["is_error"], result["api_error_status"]) == (True, 429), result
+    assert QUOTA_SENTENCE in result["result"]
+    assert client_gateway.quota_refusals() - before == 1
+
+
+async def codex(
+    cli: Path, base_url: str, key: str, model: str, tmp: Path, status: int = 0
+) -> list[dict[str, Any]]:
+    """`codex exec --json "say hi"` with tests/clients/cli/codex.config.toml: its events, once
+    it exited with `status`."""
     home, work = tmp / "codex", tmp / "work"
     home.mkdir()
     work.mkdir()
@@ -318,9 +336,9 @@ async def codex(cli: Path, base_url: str, key: str, model: str, tmp: Path) -> li
     (home / "config.toml").write_text(config.substitute(base_url=base_url, model=model))
     env = {"HOME": str(tmp), "CODEX_HOME": str(home), "WOOZLIT_API_KEY": key}
     argv = [str(cli / "node_modules" / ".bin" / "codex"), "exec", "--json"]
-    status, out, err = await run_cli([*argv, "--skip-git-repo-check", "say hi"], env, work)
+    exited, out, err = await run_cli([*argv, "--skip-git-repo-check", "say hi"], env, work)
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert status == 0, (events, err)
+    assert exited == status, (events, err)
     return events
 
 
@@ -338,3 +356,14 @@ async def test_codex_one_turn(
     tokens = usage["input_tokens"] + usage["output_tokens"]  # cached and reasoning within
     assert tokens > 0
     assert await charged(client_gateway, before, tokens) == tokens
+
+
+async def test_codex_quota(client_gateway: ClientGateway, cli_dir: Path, tmp_path: Path) -> None:
+    """The quota 429 (`code: insufficient_quota`) is sent once, with Codex's default retries;
+    Codex shows its own sentence for that code, not the gateway's."""
+    before = client_gateway.quota_refusals()
+    key = client_gateway.quota_key
+    events = await codex(cli_dir, client_gateway.v1, key, CLAUDE_MODEL, tmp_path, status=1)
+    [failed] = [e["error"]["message"] for e in events if e["type"] == "turn.failed"]
+    assert failed == "Quota exceeded. Check your plan and billing details."
+    assert client_gateway.quota_refusals() - before == 1
