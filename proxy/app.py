@@ -23,7 +23,6 @@ from aiohttp import web
 from proxy.accounting import Accountant, Admission
 from proxy.admin import api as admin_api
 from proxy.admin.accounts import Accounts, next_month_start
-from proxy.admin.api import Handler
 from proxy.app_state import (
     ACCESS,
     ACCESS_LOG,
@@ -41,10 +40,18 @@ from proxy.app_state import (
 )
 from proxy.config import Config
 from proxy.errors import GatewayError, NotFound
+from proxy.exchange import ClientProtocol, Handler
 from proxy.logs import AccessLog
 from proxy.metrics import CONTENT_TYPE, REQUEST_LABELS, Metrics
-from proxy.profiles import OPENAI_PREFIX, WOOZLIT_PREFIX, error_response, http_error, render_error
-from proxy.protocols.openai_chat import chat_completions
+from proxy.profiles import (
+    ERROR_SHAPES,
+    OPENAI_PREFIX,
+    WOOZLIT_PREFIX,
+    error_response,
+    http_error,
+    render_error,
+)
+from proxy.protocols.openai_chat import OPENAI_CHAT
 from proxy.routing import Router
 from proxy.store import open_store
 from proxy.upstream import Upstream
@@ -52,6 +59,8 @@ from proxy.upstream import Upstream
 log = logging.getLogger("proxy")
 
 API_PREFIXES = (WOOZLIT_PREFIX, OPENAI_PREFIX.rstrip("/"))
+# The protocols clients speak (protocols/), each on its paths below every API prefix.
+PROTOCOLS: tuple[ClientProtocol, ...] = (OPENAI_CHAT,)
 # The headers a browser page may read from an API answer (CORS).
 EXPOSED_HEADERS = (
     "x-request-id",
@@ -132,11 +141,12 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
 
 
 def _count(request: web.Request, status: int) -> None:
-    """A chat completion request in woozlit_requests_total (exchange.py labelled it); others not."""
+    """An API request (chat completions, messages, responses) in woozlit_requests_total
+    (exchange.py labelled it); others not."""
     labels = request.get(REQUEST_LABELS)
     if labels is not None:
-        model, provider = labels
-        request.app[METRICS].count_request(model, provider, status)
+        model, provider, protocol = labels
+        request.app[METRICS].count_request(model, provider, status, protocol)
 
 
 def _log_access(request: web.Request, fields: dict[str, Any], started: float) -> None:
@@ -297,9 +307,13 @@ def create_app(
         ("GET", "/metrics", metrics),
     ]
     api: list[tuple[str, str, Handler]] = []
+    shapes = app[ERROR_SHAPES] = {}
     for prefix in API_PREFIXES:
+        for protocol in PROTOCOLS:
+            for method, path, handler in protocol.routes():
+                api.append((method, prefix + path, handler))
+                shapes[prefix + path] = protocol.error_response
         api += [
-            ("POST", prefix + "/chat/completions", chat_completions),
             ("GET", prefix + "/models", list_models),
             ("GET", prefix + "/models/{model:.+}", retrieve_model),
             ("GET", prefix + "/usage", key_usage),

@@ -419,6 +419,9 @@ class Config:
     providers: Annotated[Mapping[str, ProviderConfig], _at_least_one("provider")]
     accounting: AccountingConfig = dataclasses.field(default_factory=AccountingConfig)
     models: Annotated[Mapping[_PublicName, _Deployments], _at_least_one("model")]
+    # Other names clients send for public models (Claude Code sends its own model names):
+    # name -> public name; a name ending in `*` matches every name it begins (`resolve_alias`).
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
     tiers: Annotated[Mapping[str, Tier], BeforeValidator(_required_tiers)]
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     routing: RoutingConfig = dataclasses.field(default_factory=RoutingConfig)
@@ -482,8 +485,38 @@ class Config:
             for public, deployments in models.items()
         }
 
+    @field_validator("aliases", mode="after")
+    @classmethod
+    def _alias_targets(cls, aliases: Mapping[str, str], info: ValidationInfo) -> Any:
+        """An alias names a model of `models`, and is neither a public name nor `*` alone."""
+        models = info.data.get("models")
+        problems = []
+        for name, target in aliases.items():
+            if not name or name == "*":
+                problems.append(f"{name!r} would match every name")
+            elif name.startswith(PUBLIC_PREFIX):
+                problems.append(f"{name!r} starts with {PUBLIC_PREFIX!r}, as public names do")
+            elif models is not None and target not in models:
+                problems.append(f"{name!r} names {target!r}, which is not in 'models'")
+        if problems:
+            raise _invalid("; ".join(problems))
+        return aliases
+
 
 _CONFIG = TypeAdapter(Config)
+
+
+def resolve_alias(aliases: Mapping[str, str], name: str) -> str | None:
+    """The public model `name` is an alias of: an exact alias first, else the longest
+    prefix alias (`claude-haiku-*`) that `name` begins with; None if none matches."""
+    target = aliases.get(name)
+    if target is not None:
+        return target
+    best = ""
+    for alias, public in aliases.items():
+        if alias.endswith("*") and name.startswith(alias[:-1]) and len(alias) > len(best):
+            best, target = alias, public
+    return target
 
 
 # -- reading a file -------------------------------------------------------------------------

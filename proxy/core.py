@@ -1,22 +1,40 @@
 """The gateway's own request and usage types, between the two protocol layers.
 
-Client protocols (`protocols/`: OpenAI chat completions today) read a client's
-request into a `ChatRequest`; providers (`providers/`) translate a `ChatRequest` into their
-upstream's request and read their upstream's answer back, reporting its `Usage`. Accounting
+Client protocols (`protocols/`: OpenAI chat completions, Anthropic Messages, OpenAI Responses)
+read a client's request into a `ChatRequest`; providers (`providers/`) translate a
+`ChatRequest` into their upstream's request (or send it as it came, `Native`, when their
+upstream speaks the client's protocol) and read their upstream's answer back, reporting its
+`Usage`. Accounting
 holds and charges tokens by these two types alone, whichever protocol a request came in by.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config import Deployment
 
 
+@dataclass(frozen=True, slots=True)
+class Native:
+    """A request in the client's own protocol, for a provider whose upstream speaks it too
+    (`Provider.speaking`): it goes there as the client sent it, nothing lost in translation.
+
+    `dialect` names the protocol ("anthropic-messages", "openai-responses"); `body` is the
+    client's JSON body, never changed (another deployment may need it); `headers` are the
+    client's headers that the upstream reads (`anthropic-beta`, ...).
+    """
+
+    dialect: str
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class ChatRequest:
-    """A validated chat completions request, as the client sent it plus the gateway's defaults.
+    """A validated chat completions request, as the client sent it plus the gateway's defaults
+    (or a request of another client protocol translated into one, `native` holding it).
 
     What it may cost is bounded before it is sent: `prompt_tokens_estimate` +
     `choices` x (`cap` + `completion_extra`) tokens are held on the quota, and every
@@ -35,6 +53,9 @@ class ChatRequest:
     cap: int = 4096
     completion_extra: int = 0  # output billed beyond the cap (OpenAI's Predicted Outputs)
     long_tool_ids: bool = False  # a tool call id is longer than OpenAI's 40 characters
+    # The client's request in its own protocol, when it came by one other than chat
+    # completions (`body` is then its translation, for providers that do not speak it).
+    native: Native | None = None
 
     @property
     def base_tokens(self) -> int:

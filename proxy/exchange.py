@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -49,34 +50,61 @@ from proxy.providers.base import Provider, StreamTranslator
 from proxy.relay import ClientStream, ProviderStream, StreamEncoder, StreamRelay
 from proxy.upstream import Timing
 
-UNKNOWN = (NONE, NONE)  # the labels of a request refused before its model was known
 Owner = tuple[str, str]  # (account id, key id) of the request's key
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ClientProtocol(ABC):
     """A protocol clients speak (one module of `protocols/` each): how its requests are read
-    and its answers written. `handle` is its route's handler."""
+    and its answers written. `handle` is its route's handler.
+
+    An answer comes from a provider either translated to chat completions (every provider's
+    `parse_response` and stream translator give OpenAI shapes), or, `native`, as the
+    provider's own upstream wrote it, when that upstream speaks the client's protocol
+    (`Provider.speaking`): `body` and `encoder` are told which.
+    """
+
+    name: str = ""  # the protocol's label in the metrics and the access log
+    path: str = ""  # its route, below each API prefix (`/chat/completions`)
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        """(method, path below each API prefix, handler) of every route of the protocol;
+        errors on these paths take its shape (`error_response`)."""
+        return [("POST", self.path, self.handle)]
+
+    def credentials(self, request: web.Request) -> str | None:
+        """The request's key, as an `Authorization` header's value (`Bearer <key>`)."""
+        return request.headers.get("Authorization")
 
     @abstractmethod
     async def read(self, request: web.Request) -> ChatRequest:
         """The request's body, read and validated; BadRequest naming the field at fault."""
 
     @abstractmethod
-    def body(self, payload: dict[str, Any], usage: Usage, chat: ChatRequest, rid: str) -> bytes:
-        """A provider's answer (OpenAI-shaped, as providers give it) as the client gets it;
-        `rid`: our id of the request."""
+    def body(
+        self, payload: dict[str, Any], usage: Usage, chat: ChatRequest, rid: str, native: bool
+    ) -> bytes:
+        """A provider's answer as the client gets it: an OpenAI chat completion, or with
+        `native` the answer in the client's protocol; `rid`: our id of the request."""
 
     @abstractmethod
-    def encoder(self, chat: ChatRequest, rid: str) -> StreamEncoder:
-        """How a stream's answer is written to the client (the relay calls it once a read)."""
+    def encoder(self, chat: ChatRequest, rid: str, native: bool) -> StreamEncoder:
+        """How a stream's answer is written to the client (the relay calls it once a read):
+        from OpenAI chunks, or with `native` from the native stream translator's output."""
+
+    def error_response(self, exc: GatewayError) -> web.Response | None:
+        """`exc` in the protocol's own error shape, on every prefix; None: the shape of the
+        path's profile (profiles.py)."""
+        return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Identify the key, read the request, answer it (once per Idempotency-Key)."""
         timing = Timing()
-        request[REQUEST_LABELS] = UNKNOWN  # counted by edge_middleware, refused or not
+        request[REQUEST_LABELS] = (NONE, NONE, self.name)  # counted by edge_middleware
+        request[ACCESS]["protocol"] = self.name
         # The key first, as OpenAI does: a caller without a valid key learns nothing more.
         # Known keys are cached: a Redis call only on a key's first use in this process.
-        owner = await request.app[ACCOUNTANT].identify(request.headers.get("Authorization"))
+        owner = await request.app[ACCOUNTANT].identify(self.credentials(request))
         try:
             chat = await self.read(request)
             idempotency_key = request.headers.get("Idempotency-Key")
@@ -86,7 +114,7 @@ class ClientProtocol(ABC):
             # A bad request is a request of the key's minute too, and its answer carries the
             # rate-limit headers of every API answer.
             await refused(request, owner, exc)
-        request[REQUEST_LABELS] = (chat.public_model, NONE)
+        request[REQUEST_LABELS] = (chat.public_model, NONE, self.name)
         exchange = Exchange(owner, chat, self, timing)
         if not idempotency_key or chat.stream:
             return await serve(request, exchange, None)
@@ -112,7 +140,7 @@ async def once(
         app[STORE],
         owner[0],
         idempotency_key,
-        orjson.dumps(exchange.chat.body, option=orjson.OPT_SORT_KEYS),
+        orjson.dumps(exchange.fingerprint(), option=orjson.OPT_SORT_KEYS),
         app[CONFIG].accounting.idempotency_window_seconds,
         pending_seconds=app[ROUTER].longest_request(),
     )
@@ -195,10 +223,13 @@ async def serve(
 async def forward(
     request: web.Request, exchange: Exchange, deployment: Deployment, provider: Provider
 ) -> web.StreamResponse:
-    """One attempt: send the request to one deployment and answer the client from it."""
+    """One attempt: send the request to one deployment and answer the client from it, in
+    the client's protocol if the deployment's upstream speaks it (`Provider.speaking`)."""
     upstream, metrics = request.app[UPSTREAM], request.app[METRICS]
     chat, timing, headers = exchange.chat, exchange.timing, exchange.headers
     request_id = request[REQUEST_ID]
+    provider = provider.speaking(chat)
+    exchange.native = native = provider.native
     upstream_request = provider.build_request(chat, deployment)
     if chat.stream:
         exchange.translator = translator = provider.stream_translator(chat)
@@ -206,7 +237,8 @@ async def forward(
         resp = await upstream.open(provider, upstream_request, timing, stream=True)
         exchange.opened = True
         source = ProviderStream(provider, resp, translator)
-        client = ClientStream(request, headers, exchange.protocol.encoder(chat, request_id))
+        encoder = exchange.protocol.encoder(chat, request_id, native)
+        client = ClientStream(request, headers, encoder)
         metrics.open_streams.inc()
         try:
             out = await StreamRelay(upstream, source, client, timing).run()
@@ -229,14 +261,15 @@ async def forward(
     exchange.status = "200"
     timing.first_chunk = time.perf_counter()
     return web.Response(
-        body=exchange.protocol.body(payload, usage, chat, request_id),
+        body=exchange.protocol.body(payload, usage, chat, request_id, native),
         content_type="application/json",
         headers=headers,
     )
 
 
 def estimate_completion(payload: dict[str, Any], chat: ChatRequest) -> Usage:
-    """Usage of a non-stream answer whose upstream reported none."""
+    """Usage of a non-stream chat completion whose upstream reported none (a native
+    speaker's `parse_response` always returns a usage, estimating it if it must)."""
     chars = 0
     for choice in payload.get("choices") or ():
         message = choice.get("message") if isinstance(choice, dict) else None
@@ -263,6 +296,7 @@ class Exchange:
     headers: dict[str, str] = field(default_factory=dict)
     provider: str = NONE  # the provider of the current attempt, for the request's labels
     translator: StreamTranslator | None = None
+    native: bool = False  # the current attempt's answer is in the client's protocol
     usage: Usage | None = None
     sent: bool = False  # the request went to the provider
     opened: bool = False  # the provider's stream began
@@ -283,7 +317,7 @@ class Exchange:
         self.provider = name = provider.config.name
         self.headers["x-woozlit-deployment"] = f"{name}/{deployment.model}"
         self.translator = self.usage = None
-        self.sent = self.opened = False
+        self.sent = self.opened = self.native = False
         self.status = "499"
 
     def charge(self) -> Usage:
@@ -323,20 +357,31 @@ class Exchange:
             return Usage(0, 0)
         usage = usage or estimate_completion(payload, self.chat)
         if claim is not None:
-            await claim.finish(self.protocol.body(payload, usage, self.chat, request_id))
+            body = self.protocol.body(payload, usage, self.chat, request_id, self.native)
+            await claim.finish(body)
         return usage
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What an Idempotency-Key's request is known by: the body the client sent (its
+        translation to chat completions may be the same for two different requests)."""
+        native = self.chat.native
+        if native is None:
+            return self.chat.body
+        return {"protocol": self.protocol.name, "body": native.body}
 
     def record(self, request: web.Request, usage: Usage) -> None:
         """The request's labels, tokens and times in the metrics, and its access log line's
         fields, once it is over (`usage`: what it is charged)."""
         chat, timing = self.chat, self.timing
         model = chat.public_model
-        request[REQUEST_LABELS] = (model, self.provider)
+        protocol = self.protocol.name
+        request[REQUEST_LABELS] = (model, self.provider, protocol)
         now = time.perf_counter()
         ttft = timing.first_chunk - timing.started if timing.first_chunk else None
         request.app[METRICS].request_done(
             model,
             chat.stream,
+            protocol,
             usage.prompt_tokens,
             usage.completion_tokens,
             total=now - timing.started,

@@ -58,22 +58,23 @@ NONE = "none"  # the model or provider label of a request refused before it had 
 
 # The (model, provider) a chat completion request is counted under, set by exchange.py as it
 # learns them; edge_middleware counts the request once, with its status, when it is over.
-REQUEST_LABELS = web.RequestKey[tuple[str, str]]("request_labels")
+REQUEST_LABELS = web.RequestKey[tuple[str, str, str]]("request_labels")
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry(auto_describe=True)
         # Label values are bounded (models and providers from the config), so are these.
-        self._children: dict[tuple[str, bool], tuple[Any, ...]] = {}
-        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._children: dict[tuple[str, bool, str], tuple[Any, ...]] = {}
+        self._requests: dict[tuple[str, str, int, str], Any] = {}
         r = self.registry
         self.requests = Counter(
             "woozlit_requests_total",
-            "Chat completion requests by public model, provider (the last one tried) and "
-            "HTTP status, refusals included (401, 403, 429, 503 at admission, 400...); "
-            'model or provider "none" when the request was refused before it had one.',
-            ["model", "provider", "status"],
+            "API requests (chat completions, messages, responses) by public model, provider "
+            "(the last one tried), HTTP status and client protocol, refusals included (401, "
+            '403, 429, 503 at admission, 400...); model or provider "none" when the request '
+            "was refused before it had one.",
+            ["model", "provider", "status", "protocol"],
             registry=r,
         )
         self.duration = Histogram(
@@ -92,8 +93,8 @@ class Metrics:
         )
         self.tokens = Counter(
             "woozlit_tokens_total",
-            "Tokens used by public model and kind (prompt, completion).",
-            ["model", "kind"],
+            "Tokens used by public model, kind (prompt, completion) and client protocol.",
+            ["model", "kind", "protocol"],
             registry=r,
         )
         self.upstream_errors = Counter(
@@ -175,18 +176,19 @@ class Metrics:
             registry=r,
         )
 
-    def count_request(self, model: str, provider: str, status: int) -> None:
-        """One chat completion request in `woozlit_requests_total`, once it is over."""
-        key = (model, provider, status)
+    def count_request(self, model: str, provider: str, status: int, protocol: str) -> None:
+        """One API request in `woozlit_requests_total`, once it is over."""
+        key = (model, provider, status, protocol)
         child = self._requests.get(key)
         if child is None:
-            child = self._requests[key] = self.requests.labels(model, provider, status)
+            child = self._requests[key] = self.requests.labels(model, provider, status, protocol)
         child.inc()
 
     def request_done(
         self,
         model: str,
         stream: bool,
+        protocol: str,
         prompt_tokens: int,
         completion_tokens: int,
         *,
@@ -194,19 +196,19 @@ class Metrics:
         ttft: float | None,
         overhead: float,
     ) -> None:
-        """The tokens and times of a chat request that was admitted, once it is over (it is
+        """The tokens and times of an API request that was admitted, once it is over (it is
         counted by `count_request`).
 
         The labelled children are looked up once per label set and kept: `labels()` costs
         about 1.5 us a call (validation, a lock), and a request would make five of them.
         """
-        key = (model, stream)
+        key = (model, stream, protocol)
         children = self._children.get(key)
         if children is None:
             label = "true" if stream else "false"
             children = self._children[key] = (
-                self.tokens.labels(model, "prompt"),
-                self.tokens.labels(model, "completion"),
+                self.tokens.labels(model, "prompt", protocol),
+                self.tokens.labels(model, "completion", protocol),
                 self.duration.labels(model, label),
                 self.ttft.labels(model, label),
                 self.overhead.labels(label),

@@ -7,13 +7,17 @@ error (interface: "Two profiles, chosen by path").
   absent means false, errors are OpenAI's error object
   `{"error": {"message", "type", "param", "code"}}` with the same sentence as `message`.
 
-In both, an error after a stream began is one SSE event `data: {"error": {"message", "type",
-"code"}}` (`stream_error`): the openai SDKs, LangChain, litellm and the Vercel AI SDK read
-`error.message` there, and lose the sentence when `error` is a string.
+A client protocol with an error shape of its own (Anthropic Messages) has it on every
+prefix: `ERROR_SHAPES` maps its paths to it (`ClientProtocol.error_response`).
+
+In both profiles, an error after a stream began is one SSE event `data: {"error":
+{"message", "type", "code"}}` (`stream_error`): the openai SDKs, LangChain, litellm and the
+Vercel AI SDK read `error.message` there, and lose the sentence when `error` is a string.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -23,6 +27,8 @@ from proxy.errors import GatewayError
 
 WOOZLIT_PREFIX = "/api/woozlit/v1"
 OPENAI_PREFIX = "/v1/"
+# Full path -> the error of a client protocol with a shape of its own (None: the profile's).
+ERROR_SHAPES = web.AppKey[dict[str, Callable[[GatewayError], web.Response | None]]]("error_shapes")
 
 
 def error_response(
@@ -45,8 +51,14 @@ def openai_profile(request: web.Request) -> bool:
 
 
 def render_error(request: web.Request, exc: GatewayError) -> web.Response:
-    """`exc` in the shape of the request's profile: `{"error": {"message", "type", "param",
-    "code"}}` below `/v1`, `{"error": "<message>"}` elsewhere."""
+    """`exc` in the shape of the request's client protocol, if it has one of its own
+    (`ERROR_SHAPES`), else of its profile: `{"error": {"message", "type", "param", "code"}}`
+    below `/v1`, `{"error": "<message>"}` elsewhere."""
+    shape = request.app.get(ERROR_SHAPES, {}).get(request.path)
+    if shape is not None:
+        response = shape(exc)
+        if response is not None:
+            return response
     if not openai_profile(request):
         return error_response(exc.status, exc.message, exc.headers)
     return web.Response(

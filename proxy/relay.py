@@ -74,14 +74,15 @@ SSE_HEADERS = {
 
 class StreamEncoder(Protocol):
     """How one client protocol writes its stream: one encoder per stream (it may keep state,
-    such as whether the usage went out), fed the translator's OpenAI chunks."""
+    such as whether the usage went out), fed what the translator's `feed` returns: OpenAI
+    chunks, or a native speaker's events in the client's protocol (providers/base.py)."""
 
     @property
     def keepalive(self) -> bytes:
         """A sign of life that the client skips (a comment, or the protocol's ping event)."""
         ...
 
-    def encode(self, chunks: list[dict[str, Any]]) -> bytes:
+    def encode(self, chunks: list[Any]) -> bytes:
         """The bytes of one read's chunks, in order. The list (not empty) may be reused once
         this returns: keep no reference to it; the chunks themselves may be changed and kept."""
         ...
@@ -147,7 +148,7 @@ class StreamRelay:
         self.feed = source.translator.feed
         self.encoder = client.encoder
         self.parser = SSEParser()
-        self.chunks: list[dict[str, Any]] = []  # translated, not yet encoded
+        self.chunks: list[Any] = []  # translated, not yet encoded
         self.frames: list[bytes] = []  # encoded, not yet written
         self.out: web.StreamResponse | None = None  # the client's response, once prepared
         self.watchdog: IdleWatchdog

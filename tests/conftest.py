@@ -175,6 +175,7 @@ async def gateway() -> AsyncIterator[GatewayFactory]:
         providers: dict[str, Any],
         models: dict[str, Any],
         *,
+        aliases: dict[str, str] | None = None,
         tiers: dict[str, Any] | None = None,
         accounting: dict[str, Any] | None = None,
         routing: dict[str, Any] | None = None,
@@ -189,6 +190,8 @@ async def gateway() -> AsyncIterator[GatewayFactory]:
             "models": models,
             "tiers": tiers or DEFAULT_TIERS,
         }
+        if aliases:
+            raw["aliases"] = aliases
         if accounting:
             raw["accounting"] = accounting
         if routing:

@@ -19,6 +19,7 @@ from proxy.config import (
     Timeouts,
     load_config,
     parse_config,
+    resolve_alias,
 )
 from proxy.metrics import Metrics
 from proxy.routing import Router
@@ -240,6 +241,11 @@ RULES = {
     "no_models.yaml": ["models: at least one model is required"],
     "bad_cors_origins.yaml": ['server.cors_origins: must be a list of origins (or ["*"])'],
     "bad_access_log.yaml": ["access_log: must be true or false"],
+    "bad_aliases.yaml": [
+        "aliases: 'claude-opus-*' names 'woozlit/claude-opus', which is not in 'models'; "
+        "'woozlit/sonnet' starts with 'woozlit/', as public names do; "
+        "'*' would match every name"
+    ],
     "reserved_keys.yaml": [
         "providers.openai.name: unknown key",
         "providers.openai.api_key_env: unknown key",
@@ -411,3 +417,24 @@ def test_config_objects_are_built_in_python_as_dataclasses():
     assert len({Deployment("p", "m", params={"x": 1}), Deployment("p", "m")}) == 1
     with pytest.raises(ValidationError):
         Deployment("p", "")
+
+
+def test_aliases_resolve_exact_names_first_then_the_longest_prefix():
+    aliases = {
+        "claude-*": "woozlit/a",
+        "claude-haiku-*": "woozlit/b",
+        "claude-haiku-4-5": "woozlit/c",
+    }
+    assert resolve_alias(aliases, "claude-haiku-4-5") == "woozlit/c"
+    assert resolve_alias(aliases, "claude-haiku-4-5-20251001") == "woozlit/b"
+    assert resolve_alias(aliases, "claude-opus-4-8") == "woozlit/a"
+    assert resolve_alias(aliases, "gpt-4o") is None
+    assert resolve_alias({}, "claude-opus-4-8") is None
+
+
+def test_shipped_aliases_route_claude_codes_model_names():
+    config = load_config(SHIPPED)
+    for name in ("claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5-20251001"):
+        target = resolve_alias(config.aliases, name)
+        assert target in config.models, name
+        assert config.models[target][0].provider == "anthropic"

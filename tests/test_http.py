@@ -662,8 +662,8 @@ async def test_metrics_never_show_secrets(gw, http):
     text = answer.body.decode()
     assert "# TYPE woozlit_requests_total counter" in text
     assert (
-        'woozlit_requests_total{model="woozlit/gpt-4o-mini",provider="openai",status="200"} 2.0'
-        in text
+        'woozlit_requests_total{model="woozlit/gpt-4o-mini",protocol="chat_completions",'
+        'provider="openai",status="200"} 2.0' in text
     )
     assert 'status="502"' in text
     for secret in (gw.api_key, PROVIDER_KEY, wrong_key, "sk-secret"):
@@ -855,9 +855,10 @@ async def test_client_disconnect_closes_the_upstream_stream(gw, http, fake_opena
     assert len(fake_openai.record.sent_at) == sent
     # And the gateway finished the request: counted as the client's (499), gauges back to 0.
     metrics = (await send(http, "GET", gw.base_url + "/metrics")).body.decode().splitlines()
-    assert 'woozlit_requests_total{model="woozlit/endless",provider="openai",status="499"} 1.0' in (
-        metrics
-    )
+    assert (
+        'woozlit_requests_total{model="woozlit/endless",protocol="chat_completions",'
+        'provider="openai",status="499"} 1.0'
+    ) in metrics
     assert "woozlit_in_flight_requests 0.0" in metrics
     assert "woozlit_open_streams 0.0" in metrics
 

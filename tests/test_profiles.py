@@ -477,3 +477,25 @@ async def test_refusals_of_a_known_key_carry_and_count_the_rate_limit(
         assert "x-ratelimit-remaining-requests" in headers, status
         remaining.append(int(headers["x-ratelimit-remaining-requests"]))
     assert remaining == [48, 47, 46, 45, 45], remaining  # the model lookup only reads
+
+
+async def test_an_alias_is_served_as_its_public_model(gateway, fake_openai, redis_url, http):
+    """A name of `aliases` (Claude Code sends its own) is the public model it names: the
+    answer, the metrics and the quota all know it by the public name."""
+    gw = await gateway(
+        {"openai": openai_provider(fake_openai.url)},
+        models(),
+        aliases={"gpt-4o-mini-*": MODEL, "mini": MODEL},
+        redis_url=redis_url,
+    )
+    for name in ("mini", "gpt-4o-mini-2024-07-18"):
+        body = {"model": name, "messages": [{"role": "user", "content": "hi"}]}
+        status, _, data = await post(
+            http, gw.base_url + OPENAI + "/chat/completions", body, gw.auth()
+        )
+        assert status == 200, data
+        assert orjson.loads(data)["model"] == MODEL
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    status, _, data = await post(http, gw.base_url + OPENAI + "/chat/completions", body, gw.auth())
+    assert status == 400
+    assert openai_error(data)["param"] == "model"

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from proxy.app_state import CONFIG, ROUTER
-from proxy.config import PUBLIC_PREFIX
+from proxy.config import PUBLIC_PREFIX, resolve_alias
 from proxy.core import ChatRequest, Usage
 from proxy.errors import BadRequest
 from proxy.estimates import estimate_prediction_tokens, estimate_prompt_tokens
@@ -41,7 +41,11 @@ POSITIVE_INTS = {"max_tokens": 2**31 - 1, "max_completion_tokens": 2**31 - 1, "n
 
 
 class OpenAIChat(ClientProtocol):
-    """OpenAI's chat completions: the request's body, the answer's shape."""
+    """OpenAI's chat completions: the request's body, the answer's shape. No provider
+    answers natively (`native` is always False): every one translates to this protocol."""
+
+    name = "chat_completions"
+    path = "/chat/completions"
 
     async def read(self, request: web.Request) -> ChatRequest:
         app = request.app
@@ -50,20 +54,24 @@ class OpenAIChat(ClientProtocol):
         return validate_chat(
             body,
             models=app[ROUTER].routes,
+            aliases=app[CONFIG].aliases,
             accept=request.headers.get("Accept", ""),
             default_temperature=server.default_temperature,
             openai=openai_profile(request),
         )
 
-    def body(self, payload: dict[str, Any], usage: Usage, chat: ChatRequest, rid: str) -> bytes:
+    def body(
+        self, payload: dict[str, Any], usage: Usage, chat: ChatRequest, rid: str, native: bool
+    ) -> bytes:
         return completion_body(payload, usage, chat, rid)
 
-    def encoder(self, chat: ChatRequest, rid: str) -> OpenAIChatStream:
+    def encoder(self, chat: ChatRequest, rid: str, native: bool) -> OpenAIChatStream:
         return OpenAIChatStream(rid, chat)
 
 
 # POST /chat/completions, on both profiles.
-chat_completions = OpenAIChat().handle
+OPENAI_CHAT = OpenAIChat()
+chat_completions = OPENAI_CHAT.handle
 
 
 def completion_body(payload: dict[str, Any], usage: Usage, chat: ChatRequest, rid: str) -> bytes:
@@ -84,14 +92,17 @@ def validate_chat(
     accept: str,
     default_temperature: float,
     openai: bool = False,
+    aliases: Mapping[str, str] | None = None,
 ) -> ChatRequest:
     """Check a chat completions body and apply the gateway's defaults.
 
     `openai`: the request came by the OpenAI-compatible profile (`/v1`), where `stream`
     absent means false, as in OpenAI's API; on the Woozlit API it means streaming, unless
-    `accept` asks for JSON only. Raises BadRequest naming the field (`param`).
+    `accept` asks for JSON only. A `model` that is one of `aliases` (config.resolve_alias)
+    becomes its public name. Raises BadRequest naming the field (`param`).
     """
-    model = _check_model(body.get("model"), models)
+    model = _check_model(body.get("model"), models, aliases or {})
+    body["model"] = model
     long_tool_ids = _check_messages(body.get("messages"))
     _check_numbers(body)
     body["stream"] = stream = _stream(body.get("stream"), accept, openai)
@@ -126,11 +137,14 @@ def validate_chat(
     )
 
 
-def _check_model(model: Any, models: Mapping[str, Any]) -> str:
-    if model is None:
+def _check_model(given: Any, models: Mapping[str, Any], aliases: Mapping[str, str]) -> str:
+    if given is None:
         raise BadRequest("'model' is required.", param="model")
-    if not isinstance(model, str):
+    if not isinstance(given, str):
         raise BadRequest("'model' must be a string.", param="model")
+    model: str = given
+    if model not in models and aliases:
+        model = resolve_alias(aliases, model) or model
     if not model.startswith(PUBLIC_PREFIX):
         raise BadRequest(
             f"'model' must start with '{PUBLIC_PREFIX}', e.g. 'woozlit/gpt-4o-mini'.", param="model"

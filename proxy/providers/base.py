@@ -7,6 +7,11 @@ the answer back: a whole body to `parse_response`, or SSE events one by one to t
 
 Adding a provider is one module (or a package of them, as `anthropic/` and `gemini/` are) with
 a `Provider` subclass, and one line in `providers/__init__.py`.
+
+A provider whose upstream also speaks a client protocol other than chat completions (Claude
+speaks Anthropic Messages, OpenAI the Responses API) has a native speaker of it in `natives`:
+a `Provider` on the same config that sends the client's request as it came (`core.Native`)
+and gives its answer back untranslated (`native` is True). `speaking` picks it.
 """
 
 from __future__ import annotations
@@ -69,7 +74,8 @@ def openai_error_object(payload: Any) -> dict[str, Any]:
 
 
 class StreamTranslator(ABC):
-    """Turns one upstream stream into OpenAI chunks, one `feed` per SSE event.
+    """Turns one upstream stream into OpenAI chunks, one `feed` per SSE event (a native
+    speaker's translator returns its events' bytes instead, to pass through).
 
     `feed` returns the chunks to send now (each a dict with `choices` and maybe `usage`), in
     order, and may raise a GatewayError for an error event. `finish` is called at the end of
@@ -86,9 +92,9 @@ class StreamTranslator(ABC):
         self.done = False  # the upstream said the stream is complete
 
     @abstractmethod
-    def feed(self, event: SSEEvent) -> list[dict[str, Any]]: ...
+    def feed(self, event: SSEEvent) -> list[Any]: ...
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[Any]:
         return []
 
     def final_usage(self) -> Usage:
@@ -106,9 +112,22 @@ class Provider(ABC):
     """One configured upstream (a `providers:` entry) of some kind."""
 
     kind: str = ""
+    # True for a native speaker: its answers are in the client's protocol, not OpenAI's
+    # chat completions (exchange.ClientProtocol.body and .encoder are told so).
+    native: bool = False
 
     def __init__(self, config: ProviderConfig):
         self.config = config
+        # Native speakers of client protocols, by `core.Native.dialect`.
+        self.natives: dict[str, Provider] = {}
+
+    def speaking(self, chat: ChatRequest) -> Provider:
+        """The provider to send `chat` by: the native speaker of the client's protocol when
+        this upstream speaks it (nothing lost in translation), else this one (translated)."""
+        native = chat.native
+        if native is None or not self.natives:
+            return self
+        return self.natives.get(native.dialect, self)
 
     @abstractmethod
     def build_request(self, chat: ChatRequest, deployment: Deployment) -> UpstreamRequest:
