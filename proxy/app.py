@@ -51,7 +51,9 @@ from proxy.profiles import (
     http_error,
     render_error,
 )
+from proxy.protocols.anthropic_messages import MESSAGES
 from proxy.protocols.openai_chat import OPENAI_CHAT
+from proxy.protocols.openai_responses import OPENAI_RESPONSES
 from proxy.routing import Router
 from proxy.store import open_store
 from proxy.upstream import Upstream
@@ -60,7 +62,7 @@ log = logging.getLogger("proxy")
 
 API_PREFIXES = (WOOZLIT_PREFIX, OPENAI_PREFIX.rstrip("/"))
 # The protocols clients speak (protocols/), each on its paths below every API prefix.
-PROTOCOLS: tuple[ClientProtocol, ...] = (OPENAI_CHAT,)
+PROTOCOLS: tuple[ClientProtocol, ...] = (OPENAI_CHAT, MESSAGES, OPENAI_RESPONSES)
 # The headers a browser page may read from an API answer (CORS).
 EXPOSED_HEADERS = (
     "x-request-id",
@@ -171,9 +173,11 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
 
 
 async def key_holder(request: web.Request) -> Admission:
-    """The key's account, checked (key, account state) without counting against its limits."""
+    """The key's account, checked (key, account state) without counting against its limits.
+    The key as every protocol takes it: `Authorization: Bearer`, or Anthropic's `x-api-key`
+    (the anthropic SDKs list models with it)."""
     accountant = request.app[ACCOUNTANT]
-    owner = await accountant.identify(request.headers.get("Authorization"))
+    owner = await accountant.identify(MESSAGES.credentials(request))
     return await accountant.admit(owner, request[REQUEST_ID], mode="check")
 
 

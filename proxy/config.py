@@ -277,6 +277,10 @@ class ProviderConfig:
     # max_completion_tokens (its reasoning models refuse max_tokens), and a file's provider
     # at api.openai.com defaults to it; DeepSeek, vLLM and Ollama read max_tokens.
     max_tokens_parameter: Annotated[str, AfterValidator(_max_tokens_parameter)] = "max_tokens"
+    # Whether an OpenAI-kind upstream also serves OpenAI's Responses API (`POST /responses`):
+    # then Responses clients are answered natively (providers/openai_responses.py). OpenAI
+    # does; DeepSeek, vLLM and Ollama-style upstreams do not.
+    responses_api: bool = False
 
     @property
     def needs_key(self) -> bool:
@@ -372,6 +376,10 @@ class ServerConfig:
     # Origins whose browser pages may call the API (CORS; never the admin API). "*" (the
     # default, as OpenAI's API answers) lets any page call it with a key it holds.
     cors_origins: Annotated[tuple[str, ...], BeforeValidator(_origins)] = ("*",)
+    # How long the output items of a Responses answer are kept for its account, for the
+    # `item_reference`s of the client's next requests (protocols/openai_responses/items.py);
+    # 0 keeps nothing, and every Responses answer says `"store": false`.
+    responses_store_seconds: _NonNegative = 3600.0
 
 
 @dataclass(frozen=True, slots=True, config=_SCHEMA)

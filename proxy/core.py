@@ -29,6 +29,10 @@ class Native:
     dialect: str
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    # Why the request cannot be translated for a provider that does not speak `dialect`
+    # (a built-in tool of the client's protocol, say): (message, param) of a 400 that
+    # `Provider.speaking` raises there; None when it translates.
+    untranslatable: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)

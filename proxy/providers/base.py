@@ -123,11 +123,18 @@ class Provider(ABC):
 
     def speaking(self, chat: ChatRequest) -> Provider:
         """The provider to send `chat` by: the native speaker of the client's protocol when
-        this upstream speaks it (nothing lost in translation), else this one (translated)."""
+        this upstream speaks it (nothing lost in translation), else this one (translated);
+        BadRequest when the request cannot be translated (`Native.untranslatable`)."""
         native = chat.native
-        if native is None or not self.natives:
+        if native is None:
             return self
-        return self.natives.get(native.dialect, self)
+        speaker = self.natives.get(native.dialect)
+        if speaker is not None:
+            return speaker
+        if native.untranslatable is not None:
+            message, param = native.untranslatable
+            raise BadRequest(message, param=param)
+        return self
 
     @abstractmethod
     def build_request(self, chat: ChatRequest, deployment: Deployment) -> UpstreamRequest:

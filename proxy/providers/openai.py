@@ -10,7 +10,8 @@ A deployment's `params` are added where the client set none. Tool call ids longe
 OpenAI's limit (40 characters: "Invalid 'messages[2].tool_calls[0].id': string too long",
 `string_above_max_length`) come from other providers (a Gemini id carries its thought
 signature) in a conversation that changed model: each is sent as a short digest of itself,
-the same in the assistant's call and in the tool message that answers it.
+the same in the assistant's call and in the tool message that answers it. A provider with
+`responses_api` (OpenAI) also answers Responses clients natively (openai_responses.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from proxy.providers.base import (
     load_json,
     openai_error_object,
 )
+from proxy.providers.openai_responses import OpenAIResponsesNative
 from proxy.sse import SSEEvent
 
 MAX_TOOL_ID = 40
@@ -153,6 +155,8 @@ class OpenAIProvider(Provider):
         self.headers = {"Content-Type": "application/json", **config.headers}
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
+        if config.responses_api:  # Responses clients are answered natively
+            self.natives["openai-responses"] = OpenAIResponsesNative(config)
 
     def build_request(self, chat: ChatRequest, deployment: Deployment) -> UpstreamRequest:
         self.require_key()

@@ -67,6 +67,9 @@ MODELS = {
     TOOLS_MODEL: [{"provider": "google", "model": "tools"}],
     CRASHING_MODEL: [{"provider": "openai", "model": "midstream-error"}],
 }
+# Other names of public models, as an operator would configure them for Claude Code (which
+# sends its own model names: its default model, and a Haiku for background work).
+ALIASES = {"claude-opus-4-8": CLAUDE_MODEL, "claude-haiku-*": CLAUDE_MODEL}
 TIERS = {
     **DEFAULT_TIERS,
     "spent": {"monthly_tokens": 5, "requests_per_minute": 100_000, "max_concurrent_requests": 100},
@@ -192,7 +195,7 @@ async def serving(
                 "api_key": "test-key",
             },
         }
-        gw = await gateway(providers, MODELS, tiers=TIERS, redis_url=redis_url)
+        gw = await gateway(providers, MODELS, tiers=TIERS, redis_url=redis_url, aliases=ALIASES)
         accounts = gw.app[ACCOUNTS]
         spent = await accounts.create_account({"tier": "spent", "developer": True})
         key = await accounts.create_key(spent["id"], "spent")

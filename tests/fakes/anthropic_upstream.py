@@ -8,7 +8,13 @@ that answer no call of the assistant turn before them or do not come first, a fi
 is not the user's, a prefill ending in whitespace, temperature outside 0..1 or beside top_p),
 and answers 404 `not_found_error` for a model not in `fake.models`. `GET /v1/models` lists
 `fake.models` in Anthropic's shape, paged with `limit` and `after_id`. What it answers is
-`fake.scenario`, set by the test before the request; every request is kept in `fake.requests`
+`fake.scenario`, set by the test before the request. Thinking (`thinking` of type "enabled"
+or "adaptive", or `scenario.thinking`) opens the answer with a signed thinking block; a
+`system` turn inside `messages` is taken with the `mid-conversation-system-2026-04-07` beta
+only; `thinking.budget_tokens` must be at least 1,024 and, without the interleaved-thinking
+beta, below `max_tokens`. `POST /v1/messages/count_tokens` answers `{"input_tokens":
+scenario.input_tokens}` after the same checks, refusing the fields only message creation
+takes. Every request is kept in `fake.requests` (counts in `fake.counts`)
 and every stream event in `fake.sent`, stamped with the monotonic time just before it was
 written, so a test can tell whether a delta reached its client before the upstream sent the
 next event.
@@ -28,6 +34,9 @@ import orjson
 from aiohttp import web
 
 API_VERSION = "2023-06-01"
+# The versions the service takes (platform.claude.com/docs/en/api/versioning); 2026-10-21,
+# the anthropic SDK's since 2.x, removed `temperature`, `top_p` and `top_k`.
+API_VERSIONS = (API_VERSION, "2026-10-21")
 
 # Scenarios answered with an HTTP error before any stream: status, error type, message.
 HTTP_ERRORS = {
@@ -66,9 +75,18 @@ FIELDS = frozenset(
     {
         "model", "messages", "max_tokens", "system", "temperature", "top_p", "top_k",
         "stop_sequences", "stream", "metadata", "tools", "tool_choice", "thinking",
-        "service_tier", "container", "mcp_servers", "output_config",
+        "service_tier", "container", "mcp_servers", "output_config", "context_management",
+        "cache_control",
     }
 )  # fmt: skip
+# What POST /v1/messages/count_tokens takes (its reference): no max_tokens, sampling, stream.
+COUNT_FIELDS = FIELDS - {
+    "max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "stream", "metadata",
+    "service_tier", "container",
+}  # fmt: skip
+MID_CONVERSATION_SYSTEM = "mid-conversation-system-2026-04-07"
+INTERLEAVED_THINKING = "interleaved-thinking-2025-05-14"
+SIGNATURE = "EqQBCkgIARABGAIiQL0fakeSignatureOfTheThinkingBlock=="
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _ID = re.compile(r"[a-zA-Z0-9_-]+")
 _NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
@@ -98,6 +116,7 @@ class Scenario:
     delay: float = 0.0  # seconds between two stream events
     unknown_event: bool = False  # an event type this gateway has never heard of
     retry_after: str = "7"
+    gate: asyncio.Event | None = None  # when set: every answer waits for it (quota races)
 
 
 @dataclass
@@ -119,6 +138,7 @@ class FakeAnthropic:
         self.models = list(MODELS if models is None else models)
         self.scenario = Scenario()
         self.requests: list[Received] = []
+        self.counts: list[Received] = []  # count_tokens requests
         self.sent: list[Sent] = []
         self._ids = itertools.count(1)
 
@@ -126,7 +146,7 @@ class FakeAnthropic:
         """`GET /v1/models`: newest first, `limit` (1..1000, default 20) after `after_id`."""
         if request.headers.get("x-api-key") != self.api_key:
             return _error(401, "authentication_error", "invalid x-api-key")
-        if request.headers.get("anthropic-version") != API_VERSION:
+        if request.headers.get("anthropic-version") not in API_VERSIONS:
             return _error(400, "invalid_request_error", "anthropic-version: invalid version")
         try:
             limit = int(request.query.get("limit", "20"))
@@ -156,14 +176,39 @@ class FakeAnthropic:
             }
         )
 
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.counts.append(Received(dict(request.headers), body))
+        if request.headers.get("x-api-key") != self.api_key:
+            return _error(401, "authentication_error", "invalid x-api-key")
+        if request.headers.get("anthropic-version") not in API_VERSIONS:
+            return _error(400, "invalid_request_error", "anthropic-version: invalid version")
+        extra = [name for name in body if name not in COUNT_FIELDS]
+        if extra:
+            message = f"{extra[0]}: Extra inputs are not permitted"
+            return _error(400, "invalid_request_error", message)
+        problem = _check({**body, "max_tokens": 1 << 20}, request.headers.get("anthropic-beta", ""))
+        if problem:
+            return _error(400, "invalid_request_error", problem)
+        if body["model"] not in {model[0] for model in self.models}:
+            return _error(404, "not_found_error", f"model: {body['model']}")
+        if self.scenario.kind in HTTP_ERRORS:
+            status, kind, message = HTTP_ERRORS[self.scenario.kind]
+            return _error(status, kind, message)
+        return web.json_response({"input_tokens": self.scenario.input_tokens})
+
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(Received(dict(request.headers), body))
         if request.headers.get("x-api-key") != self.api_key:
             return _error(401, "authentication_error", "invalid x-api-key")
-        if request.headers.get("anthropic-version") != API_VERSION:
+        if request.headers.get("anthropic-version") not in API_VERSIONS:
             return _error(400, "invalid_request_error", "anthropic-version: invalid version")
-        problem = _check(body)
+        problem = _check(body, request.headers.get("anthropic-beta", ""))
+        if request.headers["anthropic-version"] != API_VERSION:
+            removed = [name for name in ("temperature", "top_p", "top_k") if name in body]
+            if removed and not problem:
+                problem = f"{removed[0]}: Extra inputs are not permitted"
         if problem:
             return _error(400, "invalid_request_error", problem)
         if body["model"] not in {model[0] for model in self.models}:
@@ -173,6 +218,8 @@ class FakeAnthropic:
             status, kind, message = HTTP_ERRORS[scenario.kind]
             headers = {"retry-after": scenario.retry_after} if status in (429, 529) else None
             return _error(status, kind, message, headers)
+        if scenario.gate is not None:
+            await scenario.gate.wait()
         message_id = f"msg_fake{next(self._ids):04d}"
         if body.get("stream"):
             return await self._stream(request, body, message_id)
@@ -194,8 +241,8 @@ class FakeAnthropic:
     def _message(self, body: dict[str, Any], message_id: str) -> dict[str, Any]:
         s = self.scenario
         content: list[dict[str, Any]] = []
-        if s.thinking:
-            content.append({"type": "thinking", "thinking": "Let me see.", "signature": "sig"})
+        if _thinks(s, body):
+            content.append({"type": "thinking", "thinking": "Let me see.", "signature": SIGNATURE})
         if s.text:
             content.append({"type": "text", "text": "".join(s.text)})
         content += [
@@ -245,12 +292,12 @@ class FakeAnthropic:
             events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
             index += 1
 
-        if s.thinking:
+        if _thinks(s, body):
             block(
                 {"type": "thinking", "thinking": "", "signature": ""},
                 [
                     {"type": "thinking_delta", "thinking": "Let me see."},
-                    {"type": "signature_delta", "signature": "sig"},
+                    {"type": "signature_delta", "signature": SIGNATURE},
                 ],
             )
         if s.text:
@@ -322,6 +369,12 @@ class FakeAnthropic:
         return response
 
 
+def _thinks(scenario: Scenario, body: dict[str, Any]) -> bool:
+    thinking = body.get("thinking")
+    on = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    return scenario.thinking or on
+
+
 def _ids(message_id: str) -> dict[str, str]:
     return {"request-id": "req_" + message_id.removeprefix("msg_")}
 
@@ -337,8 +390,9 @@ def _error(
     return web.json_response(body, status=status, headers=headers)
 
 
-def _check(body: dict[str, Any]) -> str | None:
-    """The real service's request rules, as its error messages word them."""
+def _check(body: dict[str, Any], betas: str = "") -> str | None:
+    """The real service's request rules, as its error messages word them; `betas` is the
+    request's anthropic-beta header."""
     for name in body:
         if name not in FIELDS:
             return f"{name}: Extra inputs are not permitted"
@@ -367,7 +421,31 @@ def _check(body: dict[str, Any]) -> str | None:
     system = body.get("system")
     if system is not None and not isinstance(system, str | list):
         return "system: Input should be a valid string"
-    return _check_tools(body) or _check_messages(body["messages"])
+    return (
+        _check_thinking(body, betas)
+        or _check_tools(body)
+        or _check_messages(body["messages"], MID_CONVERSATION_SYSTEM in betas)
+    )
+
+
+def _check_thinking(body: dict[str, Any], betas: str) -> str | None:
+    thinking = body.get("thinking")
+    if thinking is None:
+        return None
+    if not isinstance(thinking, dict) or thinking.get("type") not in (
+        "enabled",
+        "disabled",
+        "adaptive",
+    ):
+        return "thinking: Input tag does not match any of the expected tags"
+    if thinking["type"] != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if budget >= body["max_tokens"] and INTERLEAVED_THINKING not in betas:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`."
+    return None
 
 
 def _check_tools(body: dict[str, Any]) -> str | None:
@@ -382,6 +460,8 @@ def _check_tools(body: dict[str, Any]) -> str | None:
         if name in names:
             return "tools: Tool names must be unique."
         names.add(name)
+        if tool.get("type") not in (None, "custom"):
+            continue  # a server tool (web_search_20250305...): its versioned type says it all
         schema = tool.get("input_schema")
         if not isinstance(schema, dict) or schema.get("type") != "object":
             return f"tools.{i}.custom.input_schema.type: Input should be 'object'"
@@ -395,11 +475,13 @@ def _check_tools(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _check_messages(messages: list[Any]) -> str | None:
+def _check_messages(messages: list[Any], system_turns: bool = False) -> str | None:
     tool_ids: set[str] = set()
     previous_calls: set[str] = set()  # the tool_use ids of the assistant turn just before
     for i, message in enumerate(messages):
         role = message.get("role")
+        if role == "system" and system_turns and i:
+            continue  # a system turn between the others (the beta's)
         if role not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
         if i == 0 and role != "user":
@@ -499,5 +581,6 @@ def create_fake_anthropic(
     app = web.Application(client_max_size=16 << 20)  # real APIs take bodies of many MiB
     app[FAKE] = FakeAnthropic(api_key, models)
     app.router.add_post("/v1/messages", app[FAKE].messages)
+    app.router.add_post("/v1/messages/count_tokens", app[FAKE].count_tokens)
     app.router.add_get("/v1/models", app[FAKE].list_models)
     return app

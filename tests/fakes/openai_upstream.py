@@ -46,7 +46,8 @@ unversioned path that DeepSeek's base URL gives), empty `messages`, a `tool` mes
 answers no `tool_calls` id of the assistant message before it, an assistant's tool call that
 no tool message answers, a tool call id over 40 characters, an unknown role,
 `stream_options` without `stream`, and the wrong key when `record.api_key` is set.
-`GET /v1/models` lists `record.models` in OpenAI's shape;
+`POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py, its own
+scenarios). `GET /v1/models` lists `record.models` in OpenAI's shape;
 `GET /models` (DeepSeek's base URL) in DeepSeek's.
 """
 
@@ -62,7 +63,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes import billing, fast
+from tests.fakes import billing, fast, openai_responses
 from tests.fakes import openai_wire as wire
 from tests.fakes.billing import BillingRecord
 from tests.fakes.faults import Faults
@@ -143,6 +144,8 @@ class FakeOpenAI:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "POST" and request.path.endswith("/chat/completions"):
             return await self.completions(request)
+        if request.method == "POST" and request.path == "/v1/responses":
+            return await self.responses(request)
         if request.method == "GET" and request.path in ("/v1/models", "/models"):
             return self.list_models(request)
         return web.Response(status=404, body=NOT_FOUND, content_type="application/json")
@@ -192,6 +195,23 @@ class FakeOpenAI:
         if checked and (refused := refusal(body, scenario)) is not None:
             return refused
         return await answer(request, body, model, scenario)
+
+    async def responses(self, request: web.BaseRequest) -> web.StreamResponse:
+        """`POST /v1/responses`: OpenAI's Responses API (tests/fakes/openai_responses.py)."""
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return wire.invalid("We could not parse the JSON body of your request.", None)
+        if self.record.keep:
+            self.record.requests.append(body)
+            self.record.headers.append(dict(request.headers))
+        if (refused := self.key_refused(request)) is not None:
+            return refused
+        if body.get("model") == "gated":
+            await self.record.gate.wait()
+        return await openai_responses.respond(request, body)
 
     def _answer_for(self, scenario: str) -> tuple[Answer, bool]:
         """What answers the scenario, and whether the body is checked first (not for the

@@ -1,4 +1,9 @@
-"""The Anthropic provider: a `providers:` entry of kind `anthropic`, at `{base}/v1/messages`."""
+"""The Anthropic provider: a `providers:` entry of kind `anthropic`, at `{base}/v1/messages`.
+
+It translates chat completions requests; a Messages API client's request goes through its
+native speaker instead (`natives["anthropic-messages"]`, native.py), untranslated, and a
+count_tokens request through `counter`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from proxy.config import Deployment, ProviderConfig
 from proxy.core import ChatRequest, Usage
 from proxy.errors import BadRequest, GatewayError, UpstreamError
 from proxy.providers.anthropic.errors import error_from_body, error_from_type
+from proxy.providers.anthropic.native import DIALECT, AnthropicCounter, AnthropicNative
 from proxy.providers.anthropic.request import answer_tool_name, build_body
 from proxy.providers.anthropic.response import completion_from
 from proxy.providers.anthropic.stream import AnthropicStream
@@ -33,6 +39,8 @@ class AnthropicProvider(Provider):
         }
         if config.api_key:
             self.headers["x-api-key"] = config.api_key
+        self.natives[DIALECT] = AnthropicNative(self)
+        self.counter = AnthropicCounter(self)  # POST /v1/messages/count_tokens
 
     def build_request(self, chat: ChatRequest, deployment: Deployment) -> UpstreamRequest:
         self.require_key()

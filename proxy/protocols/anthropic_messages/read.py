@@ -1,0 +1,72 @@
+"""A Messages request read into the gateway's `ChatRequest`: checked (request.py),
+translated (translate.py), validated as chat completions, its own body kept as `native`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from proxy.app_state import CONFIG, ROUTER
+from proxy.config import resolve_alias
+from proxy.core import ChatRequest, Native
+from proxy.errors import BadRequest
+from proxy.estimates import estimate_prompt_tokens
+from proxy.protocols.anthropic_messages.request import check_body
+from proxy.protocols.anthropic_messages.translate import to_chat
+from proxy.protocols.openai_chat import validate_chat
+from proxy.routing import Route
+
+DIALECT = "anthropic-messages"
+# The client's headers a Claude deployment reads.
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def credentials(request: web.Request) -> str | None:
+    """The key: `x-api-key: <key>` (as `Bearer <key>`), else the `Authorization` header."""
+    key = request.headers.get("x-api-key")
+    if key is not None:
+        return f"Bearer {key}"
+    return request.headers.get("Authorization")
+
+
+def read_messages(
+    request: web.Request, body: dict[str, Any], *, counting: bool = False
+) -> ChatRequest:
+    """A Messages (or, `counting`, a count_tokens) body checked and read into a ChatRequest
+    whose `native` is the body as sent; BadRequest naming the field at fault."""
+    app = request.app
+    config = app[CONFIG]
+    headers = {n: v for n in FORWARDED_HEADERS if (v := request.headers.get(n)) is not None}
+    check_body(body, counting=counting, betas=headers.get("anthropic-beta", ""))
+    routes = app[ROUTER].routes
+    try:
+        chat_body = to_chat(body)
+    except BadRequest:
+        if _translates(routes, config.aliases, body["model"]):
+            raise
+        # Every deployment speaks Messages: the translation is only for the checks.
+        chat_body = {"model": body["model"], "messages": [{"role": "user", "content": ""}]}
+        chat_body.update(max_tokens=body.get("max_tokens"), stream=body.get("stream") is True)
+    if counting:
+        chat_body.pop("stream", None)
+        chat_body.pop("stream_options", None)
+    chat = validate_chat(
+        chat_body,
+        models=routes,
+        aliases=config.aliases,
+        accept="",
+        default_temperature=config.server.default_temperature,
+        openai=True,
+    )
+    chat.prompt_tokens_estimate = max(chat.prompt_tokens_estimate, estimate_prompt_tokens(body))
+    chat.native = Native(DIALECT, body, headers)
+    return chat
+
+
+def _translates(routes: Mapping[str, Route], aliases: Mapping[str, str], model: str) -> bool:
+    """Whether a deployment of `model` (a public name or an alias) would get a translation;
+    an unknown model is validate_chat's to refuse."""
+    route = routes.get(model) or routes.get(resolve_alias(aliases, model) or "")
+    return route is None or any(DIALECT not in provider.natives for _, provider in route)
