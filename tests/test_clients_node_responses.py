@@ -27,7 +27,11 @@ from tests.clients.harness import (
     ANSWERS,
     CLAUDE_MODEL,
     CLAUDE_TOOL,
+    DEEPSEEK_MODEL,
     FAMILIES,
+    GEMINI_MODEL,
+    OPENAI_MODEL,
+    REASONING,
     TOOL_CITIES,
     TOOLS_MODEL,
     ClientGateway,
@@ -146,14 +150,33 @@ async def test_openai_node_responses_create(client_gateway: ClientGateway, model
     assert r["usage"]["total_tokens"] > 0
 
 
-@pytest.mark.parametrize("model", FAMILIES)
+@pytest.mark.parametrize(
+    "model",
+    [
+        OPENAI_MODEL,
+        pytest.param(
+            DEEPSEEK_MODEL,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="The gateway's translated stream sends response.reasoning_text.delta "
+                "with no response.content_part.added of a reasoning_text part before it: the "
+                "package's ResponseStream throws 'missing content at index 0'",
+            ),
+        ),
+        CLAUDE_MODEL,
+        GEMINI_MODEL,
+    ],
+)
 async def test_openai_node_responses_stream(client_gateway: ClientGateway, model: str) -> None:
+    """The package's ResponseStream rebuilds the response from the events (and throws on an
+    event that does not fit); DeepSeek's reasoning arrives as a reasoning item's text."""
     r = await responses("openai-stream", client_gateway, model)
     assert one_request(r)["stream"] is True
     events = r["events"]
     assert events[0] == "response.created" and events[-1] == "response.completed", events
     assert "response.output_text.delta" in events
     assert r["received"] == r["text"] == ANSWERS[model]
+    assert r["reasoning"] == REASONING.get(model, "")
     assert (r["status"], r["model"]) == ("completed", model)
     assert r["usage"]["total_tokens"] > 0
 

@@ -130,7 +130,18 @@ function responseSummary(response) {
     object: response.object,
     model: response.model,
     status: response.status,
-    text: response.output_text,
+    // output_text is a convenience of create(); stream().finalResponse() has only the items.
+    text: response.output
+      .filter((item) => item.type === "message")
+      .flatMap((item) => item.content)
+      .map((part) => part.text ?? "")
+      .join(""),
+    outputText: response.output_text ?? null,
+    reasoning: response.output
+      .filter((item) => item.type === "reasoning")
+      .flatMap((item) => item.content ?? [])
+      .map((part) => part.text)
+      .join(""),
     outputTypes: response.output.map((item) => item.type),
     functionCalls: response.output
       .filter((item) => item.type === "function_call")
