@@ -15,9 +15,11 @@ them, on every model family of tests/clients/harness.py.
     `/v1/messages?beta=true`); `ANTHROPIC_API_KEY` arrives as `x-api-key`,
     `ANTHROPIC_AUTH_TOKEN` as `Authorization: Bearer`. With `DISABLE_TELEMETRY`,
     `DISABLE_AUTOUPDATER`, `DISABLE_ERROR_REPORTING` and
-    `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC` it makes no other request: no `HEAD`, no
-    background model. (Without the last, it first sends `HEAD <base>/api/hello` and goes on
-    whatever the status.) `--model` is sent verbatim.
+    `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC` it makes no other request, not even a `HEAD`
+    (without the last, it first sends `HEAD <base>/api/hello` and goes on whatever the
+    status). `--model` is sent verbatim; no other model was seen, headless or interactive
+    (where it names the session with the same model); without `--model` it sends its default,
+    `claude-opus-5-5` in this version, which an operator maps with an alias.
   - Codex: `tests/clients/cli/codex.config.toml`, the gateway as a custom provider with
     `wire_api = "responses"`, `web_search = "disabled"` (else Codex adds a hosted
     `web_search` tool), update check, analytics and feedback off. It still sends a tool of
@@ -294,6 +296,27 @@ async def test_claude_code_one_turn(
         assert upstream.body["model"] == "claude-3-5-sonnet-20241022"
         assert upstream.body["metadata"]["user_id"]
         assert "claude-code-20250219" in upstream.headers.get("anthropic-beta", "")
+
+
+async def test_claude_code_own_model_name(
+    client_gateway: ClientGateway, cli_dir: Path, tmp_path: Path
+) -> None:
+    """`--model claude-opus-4-8`, a name of Claude Code's own (an alias in the harness): it then
+    sends what it sends its default models (`thinking: adaptive`, `output_config.effort`,
+    `context_management`, their betas, a `system` turn inside `messages`). The fake refuses
+    that turn under the beta Claude Code 2.1.332 names (400, passed through); Claude Code
+    retries without it, and the answer is charged."""
+    before = await used(client_gateway)
+    auth = {"ANTHROPIC_API_KEY": client_gateway.key}
+    base = client_gateway.gateway.base_url
+    result = await claude(cli_dir, base, "claude-opus-4-8", tmp_path, auth)
+    assert (result["subtype"], result["result"]) == ("success", ANSWERS[CLAUDE_MODEL]), result
+    assert await charged(client_gateway, before, billed(result["usage"])) == billed(result["usage"])
+    upstream = client_gateway.anthropic.requests[-1]
+    assert upstream.body["model"] == "claude-3-5-sonnet-20241022"
+    assert upstream.body["thinking"]["type"] == "adaptive"
+    assert "effort" in upstream.body["output_config"]
+    assert "context_management" in upstream.body
 
 
 @pytest.mark.parametrize(
