@@ -348,15 +348,24 @@ async def test_claude_code_quota(
 
 
 async def codex(
-    cli: Path, base_url: str, key: str, model: str, tmp: Path, status: int = 0
+    cli: Path,
+    base_url: str,
+    key: str,
+    model: str,
+    tmp: Path,
+    status: int = 0,
+    web_search: bool = False,
 ) -> list[dict[str, Any]]:
-    """`codex exec --json "say hi"` with tests/clients/cli/codex.config.toml: its events, once
-    it exited with `status`."""
+    """`codex exec --json "say hi"` with tests/clients/cli/codex.config.toml (less its
+    `web_search = "disabled"` if `web_search`): its events, once it exited with `status`."""
     home, work = tmp / "codex", tmp / "work"
     home.mkdir()
     work.mkdir()
     config = Template((CLI_DIR / "codex.config.toml").read_text())
-    (home / "config.toml").write_text(config.substitute(base_url=base_url, model=model))
+    text = config.substitute(base_url=base_url, model=model)
+    if web_search:
+        text = text.replace('web_search = "disabled"\n', "")
+    (home / "config.toml").write_text(text)
     env = {"HOME": str(tmp), "CODEX_HOME": str(home), "WOOZLIT_API_KEY": key}
     argv = [str(cli / "node_modules" / ".bin" / "codex"), "exec", "--json"]
     exited, out, err = await run_cli([*argv, "--skip-git-repo-check", "say hi"], env, work)
@@ -390,3 +399,17 @@ async def test_codex_quota(client_gateway: ClientGateway, cli_dir: Path, tmp_pat
     [failed] = [e["error"]["message"] for e in events if e["type"] == "turn.failed"]
     assert failed == "Quota exceeded. Check your plan and billing details."
     assert client_gateway.quota_refusals() - before == 1
+
+
+async def test_codex_web_search_left_on(
+    client_gateway: ClientGateway, cli_dir: Path, tmp_path: Path
+) -> None:
+    """Codex's default hosted `web_search` tool, on a deployment that does not speak the
+    Responses API: a 400 naming the tool, shown by Codex, not dropped in silence."""
+    key = client_gateway.key
+    events = await codex(
+        cli_dir, client_gateway.v1, key, CLAUDE_MODEL, tmp_path, status=1, web_search=True
+    )
+    [failed] = [e["error"]["message"] for e in events if e["type"] == "turn.failed"]
+    error = json.loads(failed)["error"]  # Codex shows the body as it came
+    assert error["type"] == "invalid_request_error" and "'web_search'" in error["message"]
