@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -51,6 +52,7 @@ from tests.clients.harness import (
     CLAUDE_MODEL,
     CLAUDE_TOOL,
     FAMILIES,
+    OPENAI_MODEL,
     QUOTA_SENTENCE,
     TOOL_CITIES,
     TOOLS_MODEL,
@@ -58,7 +60,7 @@ from tests.clients.harness import (
     install_node_clients,
     serving,
 )
-from tests.conftest import FakeUpstream, GatewayFactory
+from tests.conftest import FakeUpstream, Gateway, GatewayFactory, openai_provider
 from tests.fakes.anthropic_upstream import Scenario
 
 CLI_DIR = Path(__file__).parent / "clients" / "cli"
@@ -82,12 +84,29 @@ async def client_gateway(
         yield served
 
 
-# -- the OpenAI Agents SDK ------------------------------------------------------------------
+NATIVE_MODEL = "woozlit/gpt-4o"
+NATIVE_TOOLS_MODEL = "woozlit/gpt-4o-tools"  # the fake's "tools": a call, then "It is sunny."
+SUNNY = "It is sunny."
 
 
 @pytest.fixture
-async def sent_by_agents(client_gateway: ClientGateway) -> AsyncIterator[list[dict[str, Any]]]:
-    """The SDK's default client pointed at the gateway's /v1, for the test; the JSON bodies it
+async def native(gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str) -> Gateway:
+    """A gateway whose OpenAI deployments speak the Responses API (`responses_api`): Responses
+    clients are answered by the fake OpenAI's own /v1/responses, natively."""
+    models = {
+        NATIVE_MODEL: [{"provider": "openai", "model": "gpt-4o"}],
+        NATIVE_TOOLS_MODEL: [{"provider": "openai", "model": "tools"}],
+    }
+    providers = {"openai": openai_provider(fake_openai.url, responses_api=True)}
+    return await gateway(providers, models, redis_url=redis_url)
+
+
+# -- the OpenAI Agents SDK ------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def default_client(v1: str, key: str) -> AsyncIterator[list[dict[str, Any]]]:
+    """The SDK's default client pointed at a gateway's /v1 for a while; the JSON bodies it
     sends, in order."""
     from agents import set_default_openai_client, set_tracing_disabled
     from agents.models import _openai_shared
@@ -99,8 +118,8 @@ async def sent_by_agents(client_gateway: ClientGateway) -> AsyncIterator[list[di
         sent.append(json.loads(request.content))
 
     client = AsyncOpenAI(
-        base_url=client_gateway.v1,
-        api_key=client_gateway.key,
+        base_url=v1,
+        api_key=key,
         timeout=20,
         http_client=DefaultAsyncHttpxClient(event_hooks={"request": [record]}),
     )
@@ -112,6 +131,12 @@ async def sent_by_agents(client_gateway: ClientGateway) -> AsyncIterator[list[di
     finally:
         _openai_shared.set_default_openai_client(previous)
         await client.close()
+
+
+@pytest.fixture
+async def sent_by_agents(client_gateway: ClientGateway) -> AsyncIterator[list[dict[str, Any]]]:
+    async with default_client(client_gateway.v1, client_gateway.key) as sent:
+        yield sent
 
 
 def run_config() -> Any:
@@ -205,6 +230,31 @@ async def test_agents_function_tool(
         assert (cities, output, len(sent_by_agents)) == ([], ANSWERS[model], 1)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["run", "run_streamed"])
+async def test_agents_native_openai_tool_loop(native: Gateway, stream: bool) -> None:
+    """On a deployment that speaks the Responses API: the call, the tool run, and the second
+    turn with the call (its id from the answer) and its output, answered."""
+    from agents import Agent, function_tool
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """Current weather in a city."""
+        return f"21 celsius in {city}"
+
+    async with default_client(native.base_url + "/v1", native.api_key) as sent:
+        agent = Agent(name="a", model=NATIVE_TOOLS_MODEL, tools=[get_weather])
+        output, received = await agent_answer(agent, "Weather in Paris?", stream)
+    assert output == SUNNY and received == (SUNNY if stream else "")
+    call, result = sent[1]["input"][1:]
+    assert (call["type"], call["name"], json.loads(call["arguments"])) == (
+        "function_call",
+        "get_weather",
+        {"city": "Paris"},
+    )
+    assert call["id"]  # the item's id in the gateway's answer, sent back
+    assert (result["call_id"], result["output"]) == (call["call_id"], "21 celsius in Paris")
+
+
 # -- the agent CLIs -------------------------------------------------------------------------
 
 
@@ -236,22 +286,22 @@ async def run_cli(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int,
     return proc.returncode, out.decode(), err.decode()
 
 
-async def used(served: ClientGateway) -> int:
-    """The tokens the key's account has used this month (GET /v1/usage)."""
+async def used(gw: Gateway) -> int:
+    """The tokens the gateway's account has used this month (GET /v1/usage)."""
     async with (
         aiohttp.ClientSession() as session,
-        session.get(served.v1 + "/usage", headers={"Authorization": f"Bearer {served.key}"}) as r,
+        session.get(gw.base_url + "/v1/usage", headers=gw.auth()) as r,
     ):
         assert r.status == 200, await r.text()
         tokens: int = (await r.json())["used"]
         return tokens
 
 
-async def charged(served: ClientGateway, before: int, expected: int) -> int:
+async def charged(gw: Gateway, before: int, expected: int) -> int:
     """What the account was charged since `before`, once it is `expected` or after 10 s (the
     settlement may land just after the client read the end of the answer)."""
     for _ in range(100):
-        if (now := await used(served)) - before == expected:
+        if (now := await used(gw)) - before == expected:
             break
         await asyncio.sleep(0.1)
     return now - before
@@ -284,13 +334,14 @@ def billed(usage: dict[str, Any]) -> int:
 async def test_claude_code_one_turn(
     client_gateway: ClientGateway, cli_dir: Path, tmp_path: Path, model: str
 ) -> None:
-    before = await used(client_gateway)
+    before = await used(client_gateway.gateway)
     sent_before = len(client_gateway.anthropic.requests)
     auth = {"ANTHROPIC_API_KEY": client_gateway.key}
     result = await claude(cli_dir, client_gateway.gateway.base_url, model, tmp_path, auth)
     assert (result["subtype"], result["is_error"], result["num_turns"]) == ("success", False, 1)
     assert result["result"] == ANSWERS[model]
-    assert await charged(client_gateway, before, billed(result["usage"])) == billed(result["usage"])
+    tokens = billed(result["usage"])
+    assert await charged(client_gateway.gateway, before, tokens) == tokens
     if model == CLAUDE_MODEL:  # the request went to Anthropic as Claude Code sent it
         [upstream] = client_gateway.anthropic.requests[sent_before:]
         assert upstream.body["model"] == "claude-3-5-sonnet-20241022"
@@ -306,12 +357,13 @@ async def test_claude_code_own_model_name(
     `context_management`, their betas, a `system` turn inside `messages`). The fake refuses
     that turn under the beta Claude Code 2.1.332 names (400, passed through); Claude Code
     retries without it, and the answer is charged."""
-    before = await used(client_gateway)
+    before = await used(client_gateway.gateway)
     auth = {"ANTHROPIC_API_KEY": client_gateway.key}
     base = client_gateway.gateway.base_url
     result = await claude(cli_dir, base, "claude-opus-4-8", tmp_path, auth)
     assert (result["subtype"], result["result"]) == ("success", ANSWERS[CLAUDE_MODEL]), result
-    assert await charged(client_gateway, before, billed(result["usage"])) == billed(result["usage"])
+    tokens = billed(result["usage"])
+    assert await charged(client_gateway.gateway, before, tokens) == tokens
     upstream = client_gateway.anthropic.requests[-1]
     assert upstream.body["model"] == "claude-3-5-sonnet-20241022"
     assert upstream.body["thinking"]["type"] == "adaptive"
@@ -379,7 +431,7 @@ async def codex(
 async def test_codex_one_turn(
     client_gateway: ClientGateway, cli_dir: Path, tmp_path: Path, profile: str, model: str
 ) -> None:
-    before = await used(client_gateway)
+    before = await used(client_gateway.gateway)
     base = client_gateway.url(profile)
     events = await codex(cli_dir, base, client_gateway.key, model, tmp_path)
     said = [e["item"]["text"] for e in events if e.get("item", {}).get("type") == "agent_message"]
@@ -387,7 +439,7 @@ async def test_codex_one_turn(
     [usage] = [e["usage"] for e in events if e["type"] == "turn.completed"]
     tokens = usage["input_tokens"] + usage["output_tokens"]  # cached and reasoning within
     assert tokens > 0
-    assert await charged(client_gateway, before, tokens) == tokens
+    assert await charged(client_gateway.gateway, before, tokens) == tokens
 
 
 async def test_codex_quota(client_gateway: ClientGateway, cli_dir: Path, tmp_path: Path) -> None:
@@ -413,3 +465,16 @@ async def test_codex_web_search_left_on(
     [failed] = [e["error"]["message"] for e in events if e["type"] == "turn.failed"]
     error = json.loads(failed)["error"]  # Codex shows the body as it came
     assert error["type"] == "invalid_request_error" and "'web_search'" in error["message"]
+
+
+async def test_codex_native_openai(native: Gateway, cli_dir: Path, tmp_path: Path) -> None:
+    """On a deployment that speaks the Responses API, Codex's request as it is, `web_search`
+    tool included, passes natively."""
+    before = await used(native)
+    base = native.base_url + "/v1"
+    events = await codex(cli_dir, base, native.api_key, NATIVE_MODEL, tmp_path, web_search=True)
+    said = [e["item"]["text"] for e in events if e.get("item", {}).get("type") == "agent_message"]
+    assert said == [ANSWERS[OPENAI_MODEL]], events
+    [usage] = [e["usage"] for e in events if e["type"] == "turn.completed"]
+    tokens = usage["input_tokens"] + usage["output_tokens"]
+    assert await charged(native, before, tokens) == tokens

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from tests.clients.harness import (
     run_node,
     serving,
 )
-from tests.conftest import FakeUpstream, GatewayFactory
+from tests.conftest import FakeUpstream, GatewayFactory, openai_provider
 from tests.fakes.anthropic_upstream import Scenario
 
 # The fakes that call the tool when offered one, and the cities they ask for.
@@ -61,7 +62,32 @@ async def client_gateway(
         yield served
 
 
-async def responses(case: str, served: ClientGateway, model: str) -> dict[str, Any]:
+NATIVE_MODEL = "woozlit/gpt-4o"
+NATIVE_TOOLS_MODEL = "woozlit/gpt-4o-tools"  # the fake's "tools": a call, then "It is sunny."
+
+
+@dataclass
+class Native:
+    v1: str
+    key: str
+
+
+@pytest.fixture
+async def native(
+    gateway: GatewayFactory, fake_openai: FakeUpstream, redis_url: str, node_clients: Path
+) -> Native:
+    """A gateway whose OpenAI deployments speak the Responses API (`responses_api`): answered by
+    the fake OpenAI's own /v1/responses, natively."""
+    models = {
+        NATIVE_MODEL: [{"provider": "openai", "model": "gpt-4o"}],
+        NATIVE_TOOLS_MODEL: [{"provider": "openai", "model": "tools"}],
+    }
+    providers = {"openai": openai_provider(fake_openai.url, responses_api=True)}
+    gw = await gateway(providers, models, redis_url=redis_url)
+    return Native(gw.base_url + "/v1", gw.api_key)
+
+
+async def responses(case: str, served: ClientGateway | Native, model: str) -> dict[str, Any]:
     result = await run_node("responses.mjs", case, served.v1, served.key, model)
     assert "error" not in result, result
     assert all(r["url"] == served.v1 + "/responses" for r in result["requests"]), result
@@ -196,3 +222,26 @@ async def test_openai_node_responses_tool(
     if case == "openai-stream-tools":
         assert "response.function_call_arguments.delta" in r["events"]
         assert r["argumentDeltas"] == "".join(c["arguments"] for c in r["functionCalls"])
+
+
+# -- natively, on an OpenAI deployment that speaks the Responses API --------------------------
+
+
+@pytest.mark.parametrize(
+    "case", ["vercel-generate", "vercel-stream", "openai-create", "openai-stream"]
+)
+async def test_responses_native_openai(native: Native, case: str) -> None:
+    r = await responses(case, native, NATIVE_MODEL)
+    assert one_request(r)["stream"] == (True if "stream" in case else "absent")
+    assert r["text"] == ANSWERS[OPENAI_MODEL]
+
+
+@pytest.mark.parametrize("case", ["vercel-generate-tools-2steps", "vercel-stream-tools-2steps"])
+async def test_vercel_responses_native_tool_loop(native: Native, case: str) -> None:
+    """The call, the tool run, the second step with the call and its result: answered."""
+    r = await responses(case, native, NATIVE_TOOLS_MODEL)
+    assert [q["inputTypes"] for q in r["requests"]] == [
+        ["role:user"],
+        ["role:user", "function_call", "function_call_output"],
+    ]
+    assert (r["steps"], r["text"], r["finishReason"]) == (2, "It is sunny.", "stop")
