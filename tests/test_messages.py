@@ -593,3 +593,26 @@ async def test_models_take_the_key_as_x_api_key(cg: ClientGateway, profile: str)
         session.get(cg.url(profile) + "/models", headers={"x-api-key": "woozlit_nope"}) as resp,
     ):
         assert resp.status == 401
+
+
+async def test_a_refused_anthropic_header_is_the_clients_400(cg: ClientGateway) -> None:
+    """The client's own `anthropic-version` (or `anthropic-beta`) goes to Claude as sent: its
+    refusal is the client's 400 with Anthropic's sentence (Claude Code retries without a beta
+    on it), never a 502 that would cool the deployment down for every other client."""
+    body = {"model": CLAUDE_MODEL, "max_tokens": 10, "messages": HELLO}
+    for _ in range(4):
+        status, _, raw = await post(cg, body, headers={"anthropic-version": "bogus"})
+        assert status == 400, raw
+        assert "anthropic-version" in error_of(400, raw, "invalid_request_error")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(cg.gateway.base_url + "/metrics") as resp,
+    ):
+        metrics = await resp.text()
+    cooldowns = [
+        line for line in metrics.splitlines() if line.startswith("woozlit_deployment_cooldown{")
+    ]
+    assert cooldowns and all(line.endswith(" 0.0") for line in cooldowns), cooldowns
+    assert "woozlit_upstream_retries_total{" not in metrics
+    status, _, raw = await post(cg, body)
+    assert status == 200, raw
