@@ -180,15 +180,7 @@ async def test_openai_node_responses_create(client_gateway: ClientGateway, model
     "model",
     [
         OPENAI_MODEL,
-        pytest.param(
-            DEEPSEEK_MODEL,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="The gateway's translated stream sends response.reasoning_text.delta "
-                "with no response.content_part.added of a reasoning_text part before it: the "
-                "package's ResponseStream throws 'missing content at index 0'",
-            ),
-        ),
+        DEEPSEEK_MODEL,
         CLAUDE_MODEL,
         GEMINI_MODEL,
     ],

@@ -188,9 +188,11 @@ class TranslatedStream:
         self.open = {"type": kind, "id": item["id"], "index": index}
         self.text = []
         self.emit("response.output_item.added", output_index=index, item=item)
-        if kind == "message":
-            self.emit("response.content_part.added", item_id=item["id"], output_index=index,
-                      content_index=0, part=_text_part(""))  # fmt: skip
+        # Its one content part opens before its first delta, a reasoning item's too (the
+        # openai npm package's stream reader refuses a delta of a part it was not given).
+        part = _text_part("") if kind == "message" else {"type": "reasoning_text", "text": ""}
+        self.emit("response.content_part.added", item_id=item["id"], output_index=index,
+                  content_index=0, part=part)  # fmt: skip
 
     def close_text(self) -> None:
         """The open message or reasoning item is done."""
@@ -205,8 +207,10 @@ class TranslatedStream:
             self.emit("response.content_part.done", **where, part=part)
             item.update(status="completed", content=[part])
         else:
+            part = {"type": "reasoning_text", "text": text}
             self.emit("response.reasoning_text.done", **where, text=text)
-            item["content"] = [{"type": "reasoning_text", "text": text}]
+            self.emit("response.content_part.done", **where, part=part)
+            item["content"] = [part]
         self.output[index] = item
         self.emit("response.output_item.done", output_index=index, item=item)
         self.open = None
