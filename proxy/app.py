@@ -173,9 +173,11 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
 
 
 async def key_holder(request: web.Request) -> Admission:
-    """The key's account, checked (key, account state) without counting against its limits."""
+    """The key's account, checked (key, account state) without counting against its limits.
+    The key as every protocol takes it: `Authorization: Bearer`, or Anthropic's `x-api-key`
+    (the anthropic SDKs list models with it)."""
     accountant = request.app[ACCOUNTANT]
-    owner = await accountant.identify(request.headers.get("Authorization"))
+    owner = await accountant.identify(MESSAGES.credentials(request))
     return await accountant.admit(owner, request[REQUEST_ID], mode="check")
 
 

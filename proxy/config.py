@@ -376,6 +376,10 @@ class ServerConfig:
     # Origins whose browser pages may call the API (CORS; never the admin API). "*" (the
     # default, as OpenAI's API answers) lets any page call it with a key it holds.
     cors_origins: Annotated[tuple[str, ...], BeforeValidator(_origins)] = ("*",)
+    # How long the output items of a Responses answer are kept for its account, for the
+    # `item_reference`s of the client's next requests (protocols/openai_responses/items.py);
+    # 0 keeps nothing, and every Responses answer says `"store": false`.
+    responses_store_seconds: _NonNegative = 3600.0
 
 
 @dataclass(frozen=True, slots=True, config=_SCHEMA)

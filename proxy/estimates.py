@@ -123,6 +123,24 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     return estimate_text_tokens(chars) + TOKENS_PER_MESSAGE * messages + TOKENS_PER_REQUEST + tools
 
 
+# What a request may cost beyond its prompt and output for each tool the provider runs
+# itself (OpenAI's built-in tools in the Responses API, Anthropic's server tools): their
+# results (search results, fetched pages, file chunks, code output) come back into the
+# model's context and are billed as input tokens, which no estimate of the prompt sees.
+# OpenAI bills web search's content as a fixed block of 8,000 input tokens per call for its
+# mini models (platform.openai.com/docs/pricing, "Built-in tools"); a result of Anthropic's
+# web search or web fetch is billed as input tokens of its size (platform.claude.com/docs,
+# "Web search tool": pricing). One call's worth is held per tool (per `max_uses` when a
+# Claude server tool sets it): a model that calls a tool more often than that can still
+# be billed more than was held, and the rest shows as excess (accounting).
+BUILTIN_TOOL_RESERVE = 8192
+
+
+def estimate_builtin_tool_tokens(calls: int) -> int:
+    """The tokens held for `calls` calls of tools the provider runs itself."""
+    return calls * BUILTIN_TOOL_RESERVE
+
+
 def estimate_prediction_tokens(body: dict[str, Any]) -> int:
     """OpenAI's Predicted Outputs: the prediction's tokens that the answer does not use are
     billed as completion tokens, beyond `max_completion_tokens` (OpenAI's guide to them)."""

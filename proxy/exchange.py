@@ -51,6 +51,9 @@ from proxy.relay import ClientStream, ProviderStream, StreamEncoder, StreamRelay
 from proxy.upstream import Timing
 
 Owner = tuple[str, str]  # (account id, key id) of the request's key
+# The request's owner, set by `ClientProtocol.handle` before `read`: a protocol whose
+# requests refer to what the account stored (Responses' `item_reference`) reads it there.
+OWNER = web.RequestKey("owner", tuple)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -105,6 +108,7 @@ class ClientProtocol(ABC):
         # The key first, as OpenAI does: a caller without a valid key learns nothing more.
         # Known keys are cached: a Redis call only on a key's first use in this process.
         owner = await request.app[ACCOUNTANT].identify(self.credentials(request))
+        request[OWNER] = owner
         try:
             chat = await self.read(request)
             idempotency_key = request.headers.get("Idempotency-Key")

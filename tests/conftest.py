@@ -184,7 +184,6 @@ async def gateway() -> AsyncIterator[GatewayFactory]:
         account: dict[str, Any] | None = None,
         admin_token: str | None = ADMIN_TOKEN,
         same_account_as: Gateway | None = None,
-        aliases: dict[str, str] | None = None,
     ) -> Gateway:
         raw: dict[str, Any] = {
             "providers": providers,
@@ -199,8 +198,6 @@ async def gateway() -> AsyncIterator[GatewayFactory]:
             raw["routing"] = routing
         if server:
             raw["server"] = server
-        if aliases:
-            raw["aliases"] = aliases
         config = parse_config(raw, "test.yaml", os.environ)
         app = create_app(config, redis_url=redis_url, admin_token=admin_token, bootstrap=False)
         app.on_response_prepare.append(answers.watch)

@@ -18,6 +18,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.app_state import ACCOUNTANT, ACCOUNTS
+from proxy.estimates import BUILTIN_TOOL_RESERVE
 from tests.clients.harness import (
     ANSWERS,
     BAD_KEY,
@@ -577,3 +578,88 @@ async def test_claude_code_replayed(
         upstream = cg.anthropic.requests[-1]
         assert upstream.headers["anthropic-beta"] == headers["anthropic-beta"]
         assert upstream.body == {**body, "model": "claude-3-5-sonnet-20241022"}
+
+
+@pytest.mark.parametrize("profile", ["v1", "woozlit"])
+async def test_models_take_the_key_as_x_api_key(cg: ClientGateway, profile: str) -> None:
+    """The anthropic SDKs list models with `x-api-key`: the key is known there too."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(cg.url(profile) + "/models", headers={"x-api-key": cg.key}) as resp,
+    ):
+        assert resp.status == 200
+        assert CLAUDE_MODEL in {m["id"] for m in (await resp.json())["data"]}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(cg.url(profile) + "/models", headers={"x-api-key": "woozlit_nope"}) as resp,
+    ):
+        assert resp.status == 401
+
+
+async def test_a_refused_anthropic_header_is_the_clients_400(cg: ClientGateway) -> None:
+    """The client's own `anthropic-version` (or `anthropic-beta`) goes to Claude as sent: its
+    refusal is the client's 400 with Anthropic's sentence (Claude Code retries without a beta
+    on it), never a 502 that would cool the deployment down for every other client."""
+    body = {"model": CLAUDE_MODEL, "max_tokens": 10, "messages": HELLO}
+    for _ in range(4):
+        status, _, raw = await post(cg, body, headers={"anthropic-version": "bogus"})
+        assert status == 400, raw
+        assert "anthropic-version" in error_of(400, raw, "invalid_request_error")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(cg.gateway.base_url + "/metrics") as resp,
+    ):
+        metrics = await resp.text()
+    cooldowns = [
+        line for line in metrics.splitlines() if line.startswith("woozlit_deployment_cooldown{")
+    ]
+    assert cooldowns and all(line.endswith(" 0.0") for line in cooldowns), cooldowns
+    assert "woozlit_upstream_retries_total{" not in metrics
+    status, _, raw = await post(cg, body)
+    assert status == 200, raw
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "error_type", "sentence"),
+    [
+        ("file_not_found", 404, "not_found_error", "File not found: file_011"),
+        ("not_found", 503, "overloaded_error", "does not serve this model"),
+    ],
+)
+async def test_a_native_404_is_the_clients_unless_it_is_the_model(
+    cg: ClientGateway, kind: str, status: int, error_type: str, sentence: str
+) -> None:
+    """Natively, the client's body goes as it came: a 404 about a file it named is its own
+    404, while a 404 about the model (which the config chose) is the deployment's."""
+    cg.anthropic.scenario = Scenario(kind=kind)
+    body = {"model": CLAUDE_MODEL, "max_tokens": 10, "messages": HELLO}
+    got, _, raw = await post(cg, body)
+    assert got == status, raw
+    assert sentence in error_of(got, raw, error_type)
+
+
+@pytest.mark.parametrize(("max_uses", "calls"), [(None, 1), (3, 3)])
+async def test_server_tools_are_held_for(
+    cg: ClientGateway, max_uses: int | None, calls: int
+) -> None:
+    """A server tool's results are billed as input by Anthropic, unseen by the prompt's
+    estimate: each call it may make (`max_uses`, else one) holds BUILTIN_TOOL_RESERVE more."""
+    accounts = cg.gateway.app[ACCOUNTS]
+    limit = calls * BUILTIN_TOOL_RESERVE
+    account = await accounts.create_account(
+        {"tier": "free", "developer": True, "monthly_token_limit": limit}
+    )
+    key = (await accounts.create_key(account["id"], "small"))["key"]
+    body: dict[str, Any] = {"model": CLAUDE_MODEL, "max_tokens": 100, "messages": HELLO}
+    status, _, raw = await post(cg, body, key=key)
+    assert status == 200, raw
+    tool: dict[str, Any] = {"type": "web_search_20250305", "name": "web_search"}
+    if max_uses is not None:
+        tool["max_uses"] = max_uses
+        body["tools"] = [dict(tool, max_uses=max_uses - 1)]
+        status, _, raw = await post(cg, body, key=key)
+        assert status == 200, raw  # one call fewer fits
+    body["tools"] = [tool]
+    status, _, raw = await post(cg, body, key=key)
+    assert status == 429, raw
+    assert error_of(status, raw, "rate_limit_error").startswith("Monthly token limit")

@@ -20,6 +20,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from proxy.app_state import ACCOUNTANT, ACCOUNTS, METRICS
+from proxy.estimates import BUILTIN_TOOL_RESERVE
 from tests.conftest import FakeUpstream, Gateway, GatewayFactory, openai_provider
 from tests.fakes.anthropic_upstream import (
     FAKE,
@@ -57,6 +58,8 @@ MODELS = {
     "woozlit/chat-crashing": [{"provider": "chat", "model": "midstream-error"}],
     "woozlit/chat-endless": [{"provider": "chat", "model": "endless"}],
     "woozlit/gpt-5-mini": [{"provider": "openai", "model": "gpt-5-mini"}],
+    "woozlit/gpt-404": [{"provider": "openai", "model": "error-404"}],
+    "woozlit/gpt-retired": [{"provider": "openai", "model": "retired"}],
 }
 TIERS = {
     "free": {"monthly_tokens": 1000, "requests_per_minute": 1000},
@@ -167,7 +170,7 @@ async def test_non_stream(served: Served, model: str, prefix: str) -> None:
     answer = await served.answer({"model": model, "input": "Hello!"}, prefix)
     assert text_of(answer) == ANSWERS[model]
     assert answer["model"] == model and answer["status"] == "completed"
-    assert answer["id"].startswith("woozlit-") and answer["store"] is False
+    assert answer["id"].startswith("woozlit-") and answer["store"] is True  # items kept
     usage = answer["usage"]
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
 
@@ -315,7 +318,7 @@ async def test_builtin_tools_go_through_natively(served: Served) -> None:
     [
         ({"previous_response_id": "resp_123"}, "previous_response_id"),
         ({"conversation": "conv_123"}, "conversation"),
-        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].id"),
         ({"max_output_tokens": 8}, "max_output_tokens"),
         ({"input": [{"type": "nonsense"}]}, "input[0]"),
         ({"input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
@@ -454,3 +457,34 @@ async def test_codex_namespace_tools_are_flattened_and_split_back(served: Served
     sent = served.openai.record.requests[-1]
     assert sent["tools"][0]["function"]["name"] == "agents__spawn"
     assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == "agents__spawn"
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "code"),
+    [("woozlit/gpt-404", 404, None), ("woozlit/gpt-retired", 503, "model_unavailable")],
+)
+async def test_a_native_404_is_the_clients_unless_it_is_the_model(
+    served: Served, model: str, status: int, code: str | None
+) -> None:
+    """Natively the client's body goes as it came: OpenAI's 404 about what it named (a file,
+    an item) is its own 404; `model_not_found` (the config chose the model) is the
+    deployment's, a 503 the next deployment may take."""
+    got, _, raw = await served.post({"model": model, "input": "hi"}, "/v1")
+    assert got == status, raw
+    assert json.loads(raw)["error"]["code"] == code
+
+
+async def test_builtin_tools_are_held_for(served: Served) -> None:
+    """A built-in tool's results are billed as input by OpenAI, unseen by the prompt's
+    estimate: each one declared holds BUILTIN_TOOL_RESERVE more of the quota."""
+    accounts = served.gateway.app[ACCOUNTS]
+    account = await accounts.create_account(
+        {"tier": "free", "developer": True, "monthly_token_limit": BUILTIN_TOOL_RESERVE}
+    )
+    key = (await accounts.create_key(account["id"], "small"))["key"]
+    body = {"model": NATIVE, "input": "hi", "max_output_tokens": 100}
+    status, _, raw = await served.post(body, key=key)
+    assert status == 200, raw
+    body["tools"] = [{"type": "web_search"}]
+    status, _, raw = await served.post(body, key=key)
+    assert status == 429 and json.loads(raw)["error"]["code"] == "insufficient_quota", raw

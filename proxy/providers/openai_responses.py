@@ -3,10 +3,10 @@
 A Responses client's body goes to `{base_url}/responses` as it came (a copy: another
 deployment may need it whole), with three fields set by the gateway: `model` (the
 deployment's), `max_output_tokens` (the admitted cap, `ChatRequest.cap_for`) and `store`
-false (the gateway keeps no responses, and refuses what would refer to stored ones:
-protocols/openai_responses/request.py). The gateway's default temperature is not added:
-the reasoning models that Codex runs refuse one. A deployment's `params` are chat
-completions fields, and are not sent here.
+false (the gateway keeps the answer's items itself, and replaces each `item_reference` by
+its item before the body comes here: protocols/openai_responses/items.py). The gateway's
+default temperature is not added: the reasoning models that Codex runs refuse one. A
+deployment's `params` are chat completions fields, and are not sent here.
 
 The answer comes back untranslated (`native`): the client protocol stamps the gateway's id
 and the public model name on it. Usage is the response's `usage.input_tokens` and
@@ -24,13 +24,14 @@ the usage; `response.failed` and `error` raise the GatewayError of their error (
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from proxy.config import Deployment, ProviderConfig
 from proxy.core import ChatRequest, Usage
-from proxy.errors import GatewayError, UpstreamError
+from proxy.errors import GatewayError, NotFound, UpstreamError
 from proxy.estimates import estimate_text_tokens, text_weight
 from proxy.providers.base import Provider, StreamTranslator, UpstreamRequest, load_json
 from proxy.sse import SSEEvent
@@ -157,3 +158,18 @@ class OpenAIResponsesNative(Provider):
 
     def stream_translator(self, chat: ChatRequest) -> StreamTranslator:
         return ResponsesStream(chat, self)
+
+    def error_from_object(
+        self, error: dict[str, Any], headers: Mapping[str, str], status: int | None = None
+    ) -> GatewayError:
+        """As for chat completions (`Provider.error_from_object`), but a 404 about something
+        the client named (a file, an item), not the model, is the client's: the client's body
+        went as it came, and its ids mean nothing to another deployment, so the deployment
+        is not at fault (no retry, nothing for the breaker)."""
+        message, param = error.get("message"), error.get("param")
+        if status == 404 and error.get("code") != "model_not_found" and param != "model":
+            return NotFound(
+                message if isinstance(message, str) else "Not found.",
+                param=param if isinstance(param, str) else None,
+            )
+        return super().error_from_object(error, headers, status)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from importlib import resources
@@ -147,6 +147,20 @@ class Store:
         """SET, with a TTL of `px` ms (None: none); only if absent (`nx`) or present (`xx`).
         Whether it was set."""
         return bool(await self._command("set", self.client.set(key, value, px=px, nx=nx, xx=xx)))
+
+    async def set_many(self, values: Mapping[str, str], *, px: int) -> None:
+        """SET each key of `values` to its value with a TTL of `px` ms, pipelined: one round
+        trip (on Redis Cluster, when the keys share one hash tag, keys.py)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in values.items():
+            pipe.set(key, value, px=px)
+        await self._command("set_many", pipe.execute())
+
+    async def mget(self, keys: Sequence[str]) -> list[str | None]:
+        """The value of each of `keys` (None where there is none), in one MGET: on Redis
+        Cluster, the keys must share one hash tag (keys.py)."""
+        values: list[str | None] = await self._command("mget", self.client.mget(list(keys)))
+        return values
 
     async def delete(self, key: str) -> None:
         await self._command("delete", self.client.delete(key))

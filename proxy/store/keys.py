@@ -59,6 +59,13 @@ def idempotency(account_id: str, key_digest: str) -> str:
     return f"{_tag(account_id)}:idem:{key_digest}"
 
 
+def response_item(account_id: str, item_id: str) -> str:
+    """An output item of a Responses answer, as its client got it (JSON), by the item's
+    `id`: what an `item_reference` of that account names (protocols/openai_responses/items.py;
+    TTL `server.responses_store_seconds`)."""
+    return f"{_tag(account_id)}:item:{item_id}"
+
+
 def key_digest(digest: str) -> str:
     """API key SHA-256 digest -> 'account_id:key_id'."""
     return f"{PREFIX}:digest:{digest}"

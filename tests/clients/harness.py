@@ -210,32 +210,38 @@ async def serving(
 NODE_DIR = Path(__file__).parent / "node"
 
 
-def _installed_matches_lock() -> bool:
-    """npm's own record of node_modules (`.package-lock.json`) lists what the lock lists."""
-    hidden = NODE_DIR / "node_modules" / ".package-lock.json"
+def _installed_matches_lock(directory: Path) -> bool:
+    """npm's own record of node_modules (`.package-lock.json`) lists what the lock lists, less
+    the optional packages npm leaves out (those of other platforms)."""
+    hidden = directory / "node_modules" / ".package-lock.json"
     if not hidden.exists():
         return False
-    want = json.loads((NODE_DIR / "package-lock.json").read_text())["packages"]
+    want = json.loads((directory / "package-lock.json").read_text())["packages"]
     have = json.loads(hidden.read_text())["packages"]
-    want = {k: v.get("version") for k, v in want.items() if k}
+    want = {
+        k: v.get("version")
+        for k, v in want.items()
+        if k and not (v.get("optional") and k not in have)
+    }
     have = {k: v.get("version") for k, v in have.items() if k}
     return want == have
 
 
 @functools.cache
-def install_node_clients() -> Path:
-    """tests/clients/node with its packages installed (`npm ci`, unless they already are)."""
+def install_node_clients(directory: Path = NODE_DIR) -> Path:
+    """`directory` (tests/clients/node unless told) with its packages installed (`npm ci`,
+    unless they already are)."""
     npm = shutil.which("npm")
     assert npm is not None and shutil.which("node"), "node and npm are needed (node >= 20)"
-    if not _installed_matches_lock():
+    if not _installed_matches_lock(directory):
         subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=NODE_DIR,
+            cwd=directory,
             check=True,
             timeout=300,
             env={**os.environ, "NODE_ENV": "development"},
         )
-    return NODE_DIR
+    return directory
 
 
 async def run_node(script: str, *args: str, seconds: float = 60) -> dict[str, Any]:

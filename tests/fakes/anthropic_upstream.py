@@ -49,6 +49,7 @@ HTTP_ERRORS = {
     "rate_limited": (429, "rate_limit_error", "Number of request tokens has exceeded your limit."),
     "server_error": (500, "api_error", "Internal server error"),
     "not_found": (404, "not_found_error", "model: claude-unknown"),
+    "file_not_found": (404, "not_found_error", "File not found: file_011CNha8iCJcU1wXNR6q4V8w"),
     "credit_low": (
         400,
         "invalid_request_error",
@@ -116,6 +117,7 @@ class Scenario:
     delay: float = 0.0  # seconds between two stream events
     unknown_event: bool = False  # an event type this gateway has never heard of
     retry_after: str = "7"
+    gate: asyncio.Event | None = None  # when set: every answer waits for it (quota races)
 
 
 @dataclass
@@ -217,6 +219,8 @@ class FakeAnthropic:
             status, kind, message = HTTP_ERRORS[scenario.kind]
             headers = {"retry-after": scenario.retry_after} if status in (429, 529) else None
             return _error(status, kind, message, headers)
+        if scenario.gate is not None:
+            await scenario.gate.wait()
         message_id = f"msg_fake{next(self._ids):04d}"
         if body.get("stream"):
             return await self._stream(request, body, message_id)

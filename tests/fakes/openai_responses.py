@@ -45,6 +45,7 @@ SCENARIOS = frozenset(
         "early-error",
         "gpt-5",
         "gpt-5-mini",
+        "gated",  # answers as gpt-4o once the test sets the fake's `record.gate`
     }
 )
 ITEM_TYPES = frozenset(

@@ -209,6 +209,8 @@ class FakeOpenAI:
             self.record.headers.append(dict(request.headers))
         if (refused := self.key_refused(request)) is not None:
             return refused
+        if body.get("model") == "gated":
+            await self.record.gate.wait()
         return await openai_responses.respond(request, body)
 
     def _answer_for(self, scenario: str) -> tuple[Answer, bool]:

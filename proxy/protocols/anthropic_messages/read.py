@@ -12,7 +12,7 @@ from proxy.app_state import CONFIG, ROUTER
 from proxy.config import resolve_alias
 from proxy.core import ChatRequest, Native
 from proxy.errors import BadRequest
-from proxy.estimates import estimate_prompt_tokens
+from proxy.estimates import estimate_builtin_tool_tokens, estimate_prompt_tokens
 from proxy.protocols.anthropic_messages.request import check_body
 from proxy.protocols.anthropic_messages.translate import to_chat
 from proxy.protocols.openai_chat import validate_chat
@@ -61,8 +61,24 @@ def read_messages(
         openai=True,
     )
     chat.prompt_tokens_estimate = max(chat.prompt_tokens_estimate, estimate_prompt_tokens(body))
+    # Server tools run by Anthropic bill their results as input: held too (estimates.py).
+    chat.completion_extra += estimate_builtin_tool_tokens(server_tool_calls(body))
     chat.native = Native(DIALECT, body, headers)
     return chat
+
+
+def server_tool_calls(body: dict[str, Any]) -> int:
+    """How many calls of server tools (web search, web fetch, code execution...: a `tools`
+    entry with a versioned `type`) the request allows: each tool's `max_uses`, else one."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return 0
+    calls = 0
+    for tool in tools:
+        if isinstance(tool, dict) and tool.get("type") not in (None, "custom"):
+            uses = tool.get("max_uses")
+            calls += min(uses, 100) if isinstance(uses, int) and uses > 0 else 1
+    return calls
 
 
 def _translates(routes: Mapping[str, Route], aliases: Mapping[str, str], model: str) -> bool:

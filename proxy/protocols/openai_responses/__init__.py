@@ -4,7 +4,9 @@
 - `request.py`: the request checked, and translated into chat completions (its docstring
   lists every mapping, what is ignored and what is refused);
 - `response.py`: the `response` object, translated from a chat completion or native;
-- `stream.py`: the streams' encoders, translated and native.
+- `stream.py`: the streams' encoders, translated and native;
+- `items.py`: the answers' output items kept per account, and the `item_reference`s of
+  `input` replaced by them before anything else reads the request.
 
 On both prefixes, as in OpenAI's API: `stream` absent means false, the key is a Bearer
 `Authorization`, and errors are OpenAI's error object `{"error": {"message", "type",
@@ -25,18 +27,30 @@ import orjson
 from aiohttp import web
 
 from proxy.app_state import CONFIG, ROUTER
-from proxy.core import ChatRequest, Native, Usage
+from proxy.core import ChatRequest, Usage
 from proxy.errors import GatewayError
-from proxy.estimates import estimate_prompt_tokens
+from proxy.estimates import estimate_builtin_tool_tokens, estimate_prompt_tokens
 from proxy.exchange import ClientProtocol
 from proxy.protocols.body import read_json_object
 from proxy.protocols.openai_chat import validate_chat
+from proxy.protocols.openai_responses.items import ResponsesNative, expand, keep, keeper, stored
 from proxy.protocols.openai_responses.request import translate
 from proxy.protocols.openai_responses.response import translated_response
 from proxy.protocols.openai_responses.stream import NativeStream, TranslatedStream
 from proxy.relay import StreamEncoder
 
 DIALECT = "openai-responses"
+
+
+def builtin_tools(body: dict[str, Any]) -> int:
+    """How many of the request's `tools` the provider runs itself (web search, file search,
+    code interpreter...: every type but the client's own `function`, `namespace` and
+    `custom` tools)."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return 0
+    own = ("function", "namespace", "custom")
+    return sum(1 for tool in tools if isinstance(tool, dict) and tool.get("type") not in own)
 
 
 class OpenAIResponses(ClientProtocol):
@@ -49,6 +63,7 @@ class OpenAIResponses(ClientProtocol):
         app = request.app
         server = app[CONFIG].server
         body = await read_json_object(request, server.max_body_bytes, server.body_timeout_seconds)
+        body = await expand(request, body)  # before the estimate: the hold covers the items
         translation = translate(body)
         chat = validate_chat(
             translation.body,
@@ -58,13 +73,19 @@ class OpenAIResponses(ClientProtocol):
             default_temperature=server.default_temperature,
             openai=True,
         )
-        chat.native = Native(
-            DIALECT, body, {}, untranslatable=translation.untranslatable(chat.public_model)
+        chat.native = ResponsesNative(
+            DIALECT,
+            body,
+            {},
+            untranslatable=translation.untranslatable(chat.public_model),
+            keeper=keeper(request, body),
         )
         chat.include_usage = chat.stream  # the translated stream's last event carries it
         # The native body may carry what the translation leaves out (reasoning items,
         # built-in tools): the hold covers whichever is larger.
         chat.prompt_tokens_estimate = max(chat.prompt_tokens_estimate, estimate_prompt_tokens(body))
+        # Built-in tools run by OpenAI bill their results as input: held too (estimates.py).
+        chat.completion_extra += estimate_builtin_tool_tokens(builtin_tools(body))
         return chat
 
     def body(
@@ -73,8 +94,11 @@ class OpenAIResponses(ClientProtocol):
         if native:
             payload["id"] = rid
             payload["model"] = chat.public_model
-            return orjson.dumps(payload)
-        return orjson.dumps(translated_response(payload, usage, chat, rid))
+            payload["store"] = stored(chat)
+        else:
+            payload = translated_response(payload, usage, chat, rid)
+        keep(chat, payload)
+        return orjson.dumps(payload)
 
     def encoder(self, chat: ChatRequest, rid: str, native: bool) -> StreamEncoder:
         if native:

@@ -5,11 +5,12 @@ Follows OpenAI's API reference, "Responses: Create a model response"
 (`openai.types.responses.ResponseCreateParams`, `ResponseInputItemParam`, `ToolParam`).
 Every refusal is a BadRequest naming the field (`param`).
 
-Refused on every provider (a 400 naming the field): `previous_response_id`, `conversation`,
-`item_reference` items and `background: true`. The gateway keeps no responses, so it cannot
-expand them; and a hold estimated without the referenced history could be outrun by what
-the provider bills. Clients send the whole conversation in `input` (as Codex does with
-`store: false`).
+Refused on every provider (a 400 naming the field): `previous_response_id`, `conversation`
+and `background: true`. The gateway keeps the output items of answers, not responses nor
+conversations (items.py says why), so it cannot expand them; and a hold estimated without
+the referenced history could be outrun by what the provider bills. Clients send the
+conversation in `input`, the items of earlier answers as they are or by `item_reference`
+(items.py replaces each by its item before this module reads the body).
 
 Translated into a chat completions body (for providers that do not speak Responses):
 
@@ -37,15 +38,16 @@ Translated into a chat completions body (for providers that do not speak Respons
 | `reasoning.effort` | `reasoning_effort` (each provider maps or ignores it as for chat clients) |
 | `stream` | `stream` (absent: false on both prefixes, as in OpenAI's API) |
 
-Ignored in translation, because the answer's shape does not depend on them: `store` (the
-answer says `"store": false`), `metadata`, `include`, `truncation`, `reasoning.summary`,
-`stream_options` (obfuscation), and fields this module does not know (passed natively as
-sent: Codex sends `client_metadata`). Not translatable (a 400 naming the field on providers
-that do not speak Responses, `Native.untranslatable`; served natively): built-in tools
-(web_search, file_search, computer_use, code_interpreter, image_generation, mcp,
-local_shell, shell, apply_patch, custom, tool_search, ...), their call items in `input`,
-`allowed_tools` and hosted tool choices, `input_image` / `input_file` by `file_id` or
-`file_url`, `prompt` templates, `max_tool_calls`, `top_logprobs`.
+Ignored in translation, because the answer's shape does not depend on them: `store` (read
+by items.py: whether the answer's items are kept), `metadata`, `include`, `truncation`,
+`reasoning.summary`, `stream_options` (obfuscation), and fields this module does not know
+(passed natively as sent: Codex sends `client_metadata`). Not translatable (a 400 naming
+the field on providers that do not speak Responses, `Native.untranslatable`; served
+natively): built-in tools (web_search, file_search, computer_use, code_interpreter,
+image_generation, mcp, local_shell, shell, apply_patch, custom, tool_search, ...), their
+call items in `input`, `allowed_tools` and hosted tool choices, `input_image` /
+`input_file` by `file_id` or `file_url`, `prompt` templates, `max_tool_calls`,
+`top_logprobs`.
 """
 
 from __future__ import annotations
@@ -166,8 +168,9 @@ def _refuse_stateful(body: Mapping[str, Any]) -> None:
     for name in ("previous_response_id", "conversation"):
         if body.get(name) is not None:
             raise BadRequest(
-                f"'{name}' is not supported: the gateway keeps no responses. Send the whole"
-                " conversation in 'input' (with 'store': false, as Codex does).",
+                f"'{name}' is not supported: the gateway keeps the items of answers, not"
+                " responses. Send the conversation in 'input' (earlier answers' items may be"
+                " sent as 'item_reference').",
                 param=name,
             )
     if body.get("background"):
@@ -205,12 +208,6 @@ def _input(value: Any, out: Translation) -> None:
         elif kind == "reasoning":
             if not isinstance(item.get("summary", []), list):
                 raise BadRequest(f"'{where}.summary' must be an array.", param=f"{where}.summary")
-        elif kind == "item_reference":
-            raise BadRequest(
-                f"'{where}': item references are not supported: the gateway keeps no"
-                " responses. Send the item itself.",
-                param=where,
-            )
         elif kind in NATIVE_ITEMS:
             out.cannot(f"An input item of type '{kind}'", f"{where}.type")
         else:

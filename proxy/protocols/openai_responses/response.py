@@ -17,7 +17,7 @@ Shape from OpenAI's API reference, "The response object"
   `max_output_tokens` (finish_reason `length`) or `content_filter`.
 - `usage`: input_tokens (with `input_tokens_details.cached_tokens` when the provider said),
   output_tokens (with `output_tokens_details.reasoning_tokens`), total_tokens: the charge.
-- `store` is false: the gateway keeps no responses.
+- `store`: whether the answer's items are kept for `item_reference` (items.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from proxy.core import ChatRequest, Usage
+from proxy.protocols.openai_responses.items import stored
 from proxy.protocols.openai_responses.request import namespaces
 
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -54,7 +55,7 @@ def response_object(
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "previous_response_id": None,
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
-        "store": False,
+        "store": stored(chat),
         "temperature": chat.body.get("temperature"),
         "text": {"format": text.get("format") or {"type": "text"}},
         "tool_choice": body.get("tool_choice", "auto"),

@@ -16,7 +16,8 @@ added before its deltas, and every added item is done before the response comple
 
 Native (`NativeStream`): the provider's events as it sent them, the lifecycle events
 (`response.created` ... `response.completed`) with the gateway's `id` and the public model
-name (providers/openai_responses.py parses those alone).
+name (providers/openai_responses.py parses those alone), and `store` saying whether the
+answer is kept (items.py: from `response.completed`, as for a translated stream).
 
 A stream that fails after it began ends with an `error` event (`ResponseErrorEvent`:
 code, message, param) and then `response.failed` carrying the error and the usage charged.
@@ -30,6 +31,7 @@ import orjson
 
 from proxy.core import ChatRequest, Usage
 from proxy.errors import GatewayError
+from proxy.protocols.openai_responses.items import keep, stored
 from proxy.protocols.openai_responses.request import namespaces
 from proxy.protocols.openai_responses.response import (
     INCOMPLETE,
@@ -91,6 +93,8 @@ class NativeStream:
         for chunk in chunks:
             if isinstance(chunk, dict):
                 chunk["response"]["id"] = self._rid
+                chunk["response"]["store"] = stored(self._chat)
+                keep(self._chat, chunk["response"])  # the completed (or incomplete) one
                 chunk = event(chunk["type"], chunk)
             frames.append(chunk)
         return b"".join(frames)
@@ -184,9 +188,11 @@ class TranslatedStream:
         self.open = {"type": kind, "id": item["id"], "index": index}
         self.text = []
         self.emit("response.output_item.added", output_index=index, item=item)
-        if kind == "message":
-            self.emit("response.content_part.added", item_id=item["id"], output_index=index,
-                      content_index=0, part=_text_part(""))  # fmt: skip
+        # Its one content part opens before its first delta, a reasoning item's too (the
+        # openai npm package's stream reader refuses a delta of a part it was not given).
+        part = _text_part("") if kind == "message" else {"type": "reasoning_text", "text": ""}
+        self.emit("response.content_part.added", item_id=item["id"], output_index=index,
+                  content_index=0, part=part)  # fmt: skip
 
     def close_text(self) -> None:
         """The open message or reasoning item is done."""
@@ -201,8 +207,10 @@ class TranslatedStream:
             self.emit("response.content_part.done", **where, part=part)
             item.update(status="completed", content=[part])
         else:
+            part = {"type": "reasoning_text", "text": text}
             self.emit("response.reasoning_text.done", **where, text=text)
-            item["content"] = [{"type": "reasoning_text", "text": text}]
+            self.emit("response.content_part.done", **where, part=part)
+            item["content"] = [part]
         self.output[index] = item
         self.emit("response.output_item.done", output_index=index, item=item)
         self.open = None
@@ -253,6 +261,7 @@ class TranslatedStream:
             counts = self.usage.get("prompt_tokens", 0), self.usage.get("completion_tokens", 0)
             response["usage"] = usage_object(Usage(*counts), self.usage)
         self.emit(f"response.{status}", response=response)
+        keep(self.chat, response)
         payload = b"".join(self.frames)
         self.frames.clear()
         return payload

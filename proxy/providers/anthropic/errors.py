@@ -22,6 +22,7 @@ from proxy.errors import (
     BadRequest,
     GatewayError,
     ModelUnavailable,
+    NotFound,
     ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -31,11 +32,24 @@ _ACCOUNT_TROUBLE = re.compile(r"credit balance|billing|usage limits|spend limit"
 
 
 def error_from_type(
-    name: str, error: Any, headers: dict[str, str], status: int | None = None
+    name: str,
+    error: Any,
+    headers: dict[str, str],
+    status: int | None = None,
+    *,
+    native: bool = False,
 ) -> GatewayError:
     """Map Anthropic's error `type` (and the HTTP status, when there is one) to ours: the
     client's fault is a 400; the deployment's (its model, our key or account, the
-    service) is retryable, so the next deployment is tried. `name` is the provider's."""
+    service) is retryable, so the next deployment is tried. `name` is the provider's.
+
+    A refusal of an `anthropic-` header (`anthropic-version`, `anthropic-beta`) is ours when
+    the request was translated (the gateway chose the headers), and the client's with
+    `native`: a Messages client's own `anthropic-version` and `anthropic-beta` go to Claude
+    as it sent them, and it gets Anthropic's sentence in a 400 (Claude Code then retries
+    without a beta the model does not take). Never a 5xx that would feed the breaker. So is a
+    native 404 about anything but the model ("model: <name>"): a file or container the
+    client named."""
     kind = error.get("type") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     text = message if isinstance(message, str) else ""
@@ -54,10 +68,12 @@ def error_from_type(
             f"Provider '{name}' refused the gateway's account (billing or usage limits)."
         )
     if kind == "not_found_error" or status == 404:
+        if native and not text.startswith("model"):  # a file or container the client named
+            return NotFound(text or "Not found.")
         return ModelUnavailable(f"Provider '{name}' does not serve this model (retired?).")
     if kind == "request_too_large" or status == 413:
         return BadRequest(f"The request is too large for provider '{name}'.")
-    if text.startswith("anthropic-"):  # our headers, not the client's request
+    if text.startswith("anthropic-") and not native:  # our headers, not the client's
         return UpstreamError(f"Provider '{name}' refused the gateway's request headers.")
     if kind == "invalid_request_error" or (status is not None and 400 <= status < 500):
         return BadRequest(
@@ -70,7 +86,9 @@ def error_from_type(
     return UpstreamError(f"Provider '{name}' failed mid-stream" + (f": {text}" if text else "."))
 
 
-def error_from_body(name: str, status: int, body: bytes, headers: dict[str, str]) -> GatewayError:
+def error_from_body(
+    name: str, status: int, body: bytes, headers: dict[str, str], *, native: bool = False
+) -> GatewayError:
     """An Anthropic error answer (`{"type": "error", "error": {...}}`) as ours."""
     try:
         payload = orjson.loads(body) if body else None
@@ -78,4 +96,4 @@ def error_from_body(name: str, status: int, body: bytes, headers: dict[str, str]
         payload = None
     error = payload.get("error") if isinstance(payload, dict) else None
     lowered = {k.lower(): v for k, v in headers.items()}
-    return error_from_type(name, error, lowered, status)
+    return error_from_type(name, error, lowered, status, native=native)

@@ -46,7 +46,9 @@ from proxy.config import Deployment
 from proxy.core import ChatRequest, Native, Usage
 from proxy.errors import BadRequest, GatewayError, UpstreamError
 from proxy.estimates import estimate_text_tokens, text_weight
-from proxy.providers.anthropic.response import INPUT_FIELDS, input_tokens, usage_from
+from proxy.providers.anthropic.errors import error_from_body, error_from_type
+from proxy.providers.anthropic.response import input_tokens, usage_from
+from proxy.providers.anthropic.stream import AnthropicUsage
 from proxy.providers.base import Provider, StreamTranslator, UpstreamRequest, load_json
 from proxy.sse import SSEEvent
 
@@ -133,12 +135,14 @@ class AnthropicNative(Provider):
     def error_from_type(
         self, error: Any, headers: dict[str, str], status: int | None = None
     ) -> GatewayError:
-        return self.parent.error_from_type(error, headers, status)
+        """As the provider's, but a refused `anthropic-` header is the client's (its own
+        `anthropic-version` and `anthropic-beta` went as it sent them): errors.py."""
+        return error_from_type(self.config.name, error, headers, status, native=True)
 
     def error_from_response(
         self, status: int, body: bytes, headers: dict[str, str]
     ) -> GatewayError:
-        return self.parent.error_from_response(status, body, headers)
+        return error_from_body(self.config.name, status, body, headers, native=True)
 
 
 class AnthropicCounter(AnthropicNative):
@@ -214,16 +218,13 @@ def _frame(name: str, data: bytes) -> bytes:
     return head + data + b"\n\n"
 
 
-class AnthropicNativeStream(StreamTranslator):
+class AnthropicNativeStream(AnthropicUsage):
     """One Claude stream passed through (see the module docstring): `feed` returns the
     event's bytes, or `message_start` parsed, for the protocol's encoder to stamp its id."""
 
     def __init__(self, chat: ChatRequest, provider: AnthropicNative):
         super().__init__(chat)
         self.provider = provider
-        self.input_counts: dict[str, int] = {}
-        self.output_tokens = 0
-        self.started = False  # message_start seen: the input count is the upstream's
 
     def feed(self, event: SSEEvent) -> list[Any]:
         data = event.data
@@ -254,24 +255,6 @@ class AnthropicNativeStream(StreamTranslator):
         elif name == "error":
             raise self.provider.error_from_type(payload.get("error"), {})
         return [_frame(name, data)]
-
-    def _count(self, usage: Any) -> None:
-        if not isinstance(usage, dict):
-            return
-        for name in INPUT_FIELDS:
-            if isinstance(usage.get(name), int):
-                self.input_counts[name] = usage[name]
-        if isinstance(usage.get("output_tokens"), int):
-            self.output_tokens = usage["output_tokens"]
-
-    def final_usage(self) -> Usage:
-        """The upstream's usage; for a cut stream, its input count and an output estimate."""
-        if self.usage is not None:
-            return self.usage
-        if self.started:
-            output = max(self.output_tokens, estimate_text_tokens(self.produced_chars))
-            return Usage(input_tokens(self.input_counts), output, estimated=True)
-        return super().final_usage()
 
 
 # The keys of the delta fields that carry output, as they appear in an event's JSON: a JSON

@@ -34,13 +34,40 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     return {"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
 
-class AnthropicStream(StreamTranslator):
-    def __init__(self, chat: ChatRequest, provider: AnthropicProvider):
+class AnthropicUsage(StreamTranslator):
+    """The usage of a Claude stream, translated or passed through: `message_start` gives the
+    input counts (input, cache writes, cache reads), `message_delta` the cumulative output
+    (and, in newer API versions, the input counts again); `_count` reads either's usage."""
+
+    def __init__(self, chat: ChatRequest) -> None:
         super().__init__(chat)
-        self.provider = provider
         self.input_counts: dict[str, int] = {}
         self.output_tokens = 0
         self.started = False  # message_start seen: the input count is the upstream's
+
+    def _count(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        for name in INPUT_FIELDS:
+            if isinstance(usage.get(name), int):
+                self.input_counts[name] = usage[name]
+        if isinstance(usage.get("output_tokens"), int):
+            self.output_tokens = usage["output_tokens"]
+
+    def final_usage(self) -> Usage:
+        """The upstream's usage; for a cut stream, its input count and an output estimate."""
+        if self.usage is not None:
+            return self.usage
+        if self.started:
+            output = max(self.output_tokens, estimate_text_tokens(self.produced_chars))
+            return Usage(input_tokens(self.input_counts), output, estimated=True)
+        return super().final_usage()
+
+
+class AnthropicStream(AnthropicUsage):
+    def __init__(self, chat: ChatRequest, provider: AnthropicProvider):
+        super().__init__(chat)
+        self.provider = provider
         self.tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool call index
         self.silent: set[int] = set()  # tool blocks whose arguments have not begun
         self.answer = answer_tool_name(chat)
@@ -146,21 +173,3 @@ class AnthropicStream(StreamTranslator):
             return [_chunk({"content": "{}"})]
         call = {"index": self.tool_index[at], "function": {"arguments": "{}"}}
         return [_chunk({"tool_calls": [call]})]
-
-    def _count(self, usage: Any) -> None:
-        if not isinstance(usage, dict):
-            return
-        for name in INPUT_FIELDS:
-            if isinstance(usage.get(name), int):
-                self.input_counts[name] = usage[name]
-        if isinstance(usage.get("output_tokens"), int):
-            self.output_tokens = usage["output_tokens"]
-
-    def final_usage(self) -> Usage:
-        """The upstream's usage; for a cut stream, its input count and an output estimate."""
-        if self.usage is not None:
-            return self.usage
-        if self.started:
-            output = max(self.output_tokens, estimate_text_tokens(self.produced_chars))
-            return Usage(input_tokens(self.input_counts), output, estimated=True)
-        return super().final_usage()
