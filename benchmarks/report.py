@@ -64,6 +64,18 @@ def quotient(a: float | None, b: float | None) -> float | None:
 Per = Callable[[str, Callable[[LoadResult], float | None]], dict[str, float | None]]
 
 
+def cpu_per_request(bench: Bench, phase: str) -> dict[str, float | None]:
+    """Per target, its CPU time (user + system, from /proc) per completed request of the
+    phase, in us. Steadier than throughput on a shared machine: others' jobs take the
+    target's core away, but not much of the CPU time each request costs it."""
+    out: dict[str, float | None] = {}
+    for s in bench.subjects:
+        m = bench.results.get(phase, {}).get(s.name)
+        ok = m is not None and m.load.ok and m.usage.wall
+        out[s.name] = 1e6 * m.usage.target / CLK / m.load.ok if m is not None and ok else None
+    return out
+
+
 def figures(bench: Bench) -> list[Row]:
     """Every row of the table, computed from the merged results."""
     res, a = bench.results, bench.args
@@ -104,6 +116,12 @@ def figures(bench: Bench) -> list[Row]:
             "lower",
             "json",
         ),
+        Row(
+            "target CPU per non-stream request, c=32 (us)",
+            cpu_per_request(bench, "json"),
+            "lower",
+            "json",
+        ),
     ]
     c1 = {q: per("c1", lambda r, q=q: pct(r.latencies_ns, q)) for q in (50, 99)}
     rows += [Row(f"latency p{q}, c=1 (ms)", c1[q], "lower", "c1") for q in (50, 99)]
@@ -123,6 +141,9 @@ def figures(bench: Bench) -> list[Row]:
             per("stream", lambda r: pct(r.latencies_ns, 99)),
             "lower",
             "stream",
+        ),
+        Row(
+            "target CPU per stream, c=32 (us)", cpu_per_request(bench, "stream"), "lower", "stream"
         ),
     ]
     paced = {q: per("paced", lambda r, q=q: pct(r.delays_ns, q)) for q in (50, 99)}
@@ -300,6 +321,18 @@ def protocol_rows(bench: Bench, protocol: Protocol, per: Per) -> list[Row]:
         Row(
             f"{title}: stream duration p99, c={c} (ms)",
             per(f"{p}-stream", lambda r: ms(percentile(r.latencies_ns, 99))),
+            "lower",
+            f"{p}-stream",
+        ),
+        Row(
+            f"{title}: target CPU per non-stream request (us)",
+            cpu_per_request(bench, f"{p}-json"),
+            "lower",
+            f"{p}-json",
+        ),
+        Row(
+            f"{title}: target CPU per stream (us)",
+            cpu_per_request(bench, f"{p}-stream"),
             "lower",
             f"{p}-stream",
         ),
@@ -681,15 +714,25 @@ def protocol_checks(rows: dict[str, dict[str, float | None]]) -> list[str]:
     chat = rows.get("paced chunk delay p99 (ms)", {}).get("gateway")
     for protocol in PROTOCOLS.values():
         t = protocol.title
-        for what, label in (("non-stream throughput", "non-stream"), ("streams/s", "streams/s")):
+        for what, label, cpu in (
+            ("non-stream throughput", "non-stream", "CPU per non-stream request"),
+            ("streams/s", "streams/s", "CPU per stream"),
+        ):
             ratio = rows.get(f"{t}: {what} / chat completions'", {})
             g, b = ratio.get("gateway"), ratio.get("bare")
             if protocol.name == "chat" or g is None:
                 continue
             floor = f" (bare's {100 * b:.0f}%)" if b is not None else ""
+            spent = quotient(
+                rows.get(f"{t}: target {cpu} (us)", {}).get("gateway"),
+                next((v for k, v in rows.items() if k.startswith(f"target {cpu},")), {}).get(
+                    "gateway"
+                ),
+            )
+            steadier = f"; the gateway's {cpu}: {spent:.2f} x chat's" if spent else ""
             out.append(
                 f"  {t} {label} >= 90% of chat completions': {100 * g:.0f}%{floor} "
-                f"{'reached' if g >= 0.9 else 'NOT reached'}"
+                f"{'reached' if g >= 0.9 else 'NOT reached'}{steadier}"
             )
         via = rows.get(f"{t}: paced chunk delay p99 (ms)", {}).get("gateway")
         if protocol.name == "chat" or via is None or chat is None or via != via or chat != chat:
