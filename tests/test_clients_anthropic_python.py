@@ -169,8 +169,15 @@ async def test_bad_key(sdk: anthropic.AsyncAnthropic, cg: ClientGateway) -> None
 
 async def test_bad_request(sdk: anthropic.AsyncAnthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:
-        await sdk.messages.create(model=UNKNOWN_MODEL, max_tokens=10, messages=HELLO)
+        await sdk.messages.create(model=CLAUDE_MODEL, max_tokens=0, messages=HELLO)
     assert info.value.type == "invalid_request_error"
+    assert info.value.api_message is not None and "max_tokens" in info.value.api_message
+
+
+async def test_unknown_model(sdk: anthropic.AsyncAnthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as info:
+        await sdk.messages.create(model=UNKNOWN_MODEL, max_tokens=10, messages=HELLO)
+    assert info.value.type == "not_found_error"
     assert info.value.api_message is not None and UNKNOWN_MODEL in info.value.api_message
 
 

@@ -375,7 +375,6 @@ async def test_bad_key(cg: ClientGateway, profile: str, auth: str, path: str) ->
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
         ({"messages": [{"role": "user", "content": [{"type": "x"}, {"type": "text"}]}]},
          "messages.0.content.1.text"),
-        ({"model": UNKNOWN_MODEL}, "model"),
         ({"temperature": 1.5}, "temperature"),
         ({"tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice.name"),
         ({"thinking": {"type": "enabled", "budget_tokens": 100}}, "thinking.budget_tokens"),
@@ -663,3 +662,14 @@ async def test_server_tools_are_held_for(
     status, _, raw = await post(cg, body, key=key)
     assert status == 429, raw
     assert error_of(status, raw, "rate_limit_error").startswith("Monthly token limit")
+
+
+@pytest.mark.parametrize("profile", ["v1", "woozlit"])
+async def test_an_unknown_model_is_a_404(cg: ClientGateway, profile: str) -> None:
+    """As Anthropic answers it: a 404 `not_found_error` (Claude Code then names the model as
+    the problem, where a 400 had it retry once without each of its betas first)."""
+    body = {"model": UNKNOWN_MODEL, "max_tokens": 10, "messages": HELLO}
+    status, headers, raw = await post(cg, body, profile=profile)
+    assert status == 404
+    assert UNKNOWN_MODEL in error_of(status, raw, "not_found_error")
+    assert "x-ratelimit-remaining-requests" in headers

@@ -11,7 +11,7 @@ from aiohttp import web
 from proxy.app_state import CONFIG, ROUTER
 from proxy.config import resolve_alias
 from proxy.core import ChatRequest, Native
-from proxy.errors import BadRequest
+from proxy.errors import BadRequest, NotFound
 from proxy.estimates import estimate_builtin_tool_tokens, estimate_prompt_tokens
 from proxy.protocols.anthropic_messages.request import check_body
 from proxy.protocols.anthropic_messages.translate import to_chat
@@ -52,14 +52,21 @@ def read_messages(
     if counting:
         chat_body.pop("stream", None)
         chat_body.pop("stream_options", None)
-    chat = validate_chat(
-        chat_body,
-        models=routes,
-        aliases=config.aliases,
-        accept="",
-        default_temperature=config.server.default_temperature,
-        openai=True,
-    )
+    try:
+        chat = validate_chat(
+            chat_body,
+            models=routes,
+            aliases=config.aliases,
+            accept="",
+            default_temperature=config.server.default_temperature,
+            openai=True,
+        )
+    except BadRequest as exc:
+        if exc.code != "model_not_found":
+            raise
+        # Anthropic answers an unknown model with a 404 `not_found_error`: Claude Code then
+        # says the model is the problem, where a 400 has it retry without each beta first.
+        raise NotFound(exc.message, param=exc.param, code=exc.code) from None
     chat.prompt_tokens_estimate = max(chat.prompt_tokens_estimate, estimate_prompt_tokens(body))
     # Server tools run by Anthropic bill their results as input: held too (estimates.py).
     chat.completion_extra += estimate_builtin_tool_tokens(server_tool_calls(body))
