@@ -100,6 +100,9 @@ class Phase:
     all_open: bool = False  # see loadgen.run_load
     targets: tuple[str, ...] | None = None  # measure only these (None: every target)
     protocol: str = "chat"  # loadgen.PROTOCOLS: the client protocol spoken
+    # Phases of one group (consecutive in Bench.phases) run back to back on each target, so
+    # that figures compared with each other are measured close in time ("": its own).
+    group: str = ""
 
 
 @dataclass
@@ -438,7 +441,10 @@ class Bench:
         return u
 
     async def run_phases(self, phases: list[Phase]) -> None:
-        a = self.args
+        """Every phase in `--rounds` rounds. In each round, the targets in turn (their order
+        rotating from round to round), and for each target the phases of one group one after
+        the other (chat completions' json, then Messages' and Responses'), so that the
+        report's ratios between protocols compare measurements seconds apart."""
         live = [s for s in self.subjects if not s.failed]
 
         def measured(phase: Phase, subject: Subject) -> bool:
@@ -446,34 +452,44 @@ class Bench:
                 return False
             return phase.targets is None or subject.name in phase.targets
 
+        groups: list[list[Phase]] = []
         for phase in phases:
             self.results[phase.name] = {s.name: Measured() for s in live if measured(phase, s)}
-        for r in range(a.rounds):
-            for phase in phases:
+            if groups and phase.group and groups[-1][0].group == phase.group:
+                groups[-1].append(phase)
+            else:
+                groups.append([phase])
+        for r in range(self.args.rounds):
+            for group in groups:
                 # Rotate the order each round so no target always runs first (or last).
                 order = live[r % len(live) :] + live[: r % len(live)]
                 for subject in order:
-                    if subject.failed or (phase.requests and r) or not measured(phase, subject):
-                        continue
-                    if phase.name in ("open", "churn"):
-                        await self.wait_connections_gone()
-                    await self.wait_quiet()
-                    seconds = phase.seconds if phase.requests else phase.seconds / a.rounds
-                    m = await self.measure(phase, subject, seconds)
-                    total = self.results[phase.name][subject.name]
-                    total.load.merge(m.load)
-                    total.peak_rss_kib = max(total.peak_rss_kib, m.peak_rss_kib)
-                    u, t = m.usage, total.usage
-                    t.wall += u.wall
-                    t.target += u.target
-                    t.upstream += u.upstream
-                    t.redis += u.redis
-                    t.loadgen += u.loadgen
-                    for cpu, values in u.cores.items():
-                        old = t.cores.setdefault(cpu, [0, 0, 0])
-                        t.cores[cpu] = [x + y for x, y in zip(old, values, strict=True)]
-                    if m.load.errors and m.load.ok == 0:
-                        subject.failed = f"{phase.name}: {m.load.error_samples[:1]}"
+                    for phase in group:
+                        if subject.failed or (phase.requests and r) or not measured(phase, subject):
+                            continue
+                        await self.measure_round(phase, subject)
+
+    async def measure_round(self, phase: Phase, subject: Subject) -> None:
+        """One round of `phase` on `subject`, added to its results."""
+        if phase.name in ("open", "churn"):
+            await self.wait_connections_gone()
+        await self.wait_quiet()
+        seconds = phase.seconds if phase.requests else phase.seconds / self.args.rounds
+        m = await self.measure(phase, subject, seconds)
+        total = self.results[phase.name][subject.name]
+        total.load.merge(m.load)
+        total.peak_rss_kib = max(total.peak_rss_kib, m.peak_rss_kib)
+        u, t = m.usage, total.usage
+        t.wall += u.wall
+        t.target += u.target
+        t.upstream += u.upstream
+        t.redis += u.redis
+        t.loadgen += u.loadgen
+        for cpu, values in u.cores.items():
+            old = t.cores.setdefault(cpu, [0, 0, 0])
+            t.cores[cpu] = [x + y for x, y in zip(old, values, strict=True)]
+        if m.load.errors and m.load.ok == 0:
+            subject.failed = f"{phase.name}: {m.load.error_samples[:1]}"
 
     async def warm_up(self) -> None:
         for subject in self.subjects:
@@ -599,12 +615,20 @@ class Bench:
         c, d = a.concurrency, a.duration
         stagger = PACED_MS / 1000 / a.paced_concurrency
         phases = [
-            Phase("json", "json", c, d),
+            Phase("json", "json", c, d, group="json"),
             *self.protocol_phases("json", c, d),
             Phase("c1", "json", 1, d / 2),
-            Phase("stream", "stream", c, d),
+            Phase("stream", "stream", c, d, group="stream"),
             *self.protocol_phases("stream", c, d),
-            Phase("paced", "paced", a.paced_concurrency, d, stagger=stagger, model=PACED_MODEL),
+            Phase(
+                "paced",
+                "paced",
+                a.paced_concurrency,
+                d,
+                stagger=stagger,
+                model=PACED_MODEL,
+                group="paced",
+            ),
         ]
         if a.anthropic_paced:
             # The same paced streams through the gateway's Anthropic provider, right
@@ -618,6 +642,7 @@ class Bench:
                     stagger=stagger,
                     model=ANTHROPIC_PACED_MODEL,
                     targets=("gateway",),
+                    group="paced",
                 )
             )
         phases += self.protocol_phases("paced", a.paced_concurrency, d, stagger)
@@ -653,8 +678,8 @@ class Bench:
         self, kind: str, concurrency: int, seconds: float, stagger: float = 0.0
     ) -> list[Phase]:
         """The Messages and Responses phases of one kind (`messages-json`...), each with its
-        protocol's models; run right after chat completions' phase of the same kind, so
-        that the report's ratio to it compares measurements close in time."""
+        protocol's models, in the group of chat completions' phase of that kind: on each
+        target right after it (run_phases)."""
         return [
             Phase(
                 f"{name}-{kind}",
@@ -664,6 +689,7 @@ class Bench:
                 stagger=stagger,
                 model=PROTOCOLS[name].paced_model if kind == "paced" else PROTOCOLS[name].model,
                 protocol=name,
+                group=kind,
             )
             for name in self.args.protocols
             if name != "chat"

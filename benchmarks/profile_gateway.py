@@ -79,7 +79,7 @@ async def profile(args: argparse.Namespace) -> int:
                 f"sys.exit(launch({str(stats_path)!r}, sys.argv[1:]))\n"
             )
             gateway, port, key = harness.start_gateway(
-                up_port, HERE / "gateway.yaml", env, 1, not args.redis, launcher=launcher
+                up_port, args.config, env, 1, not args.redis, launcher=launcher
             )
             if args.redis:
                 key = await create_key(port, env["WOOZLIT_ADMIN_TOKEN"])
@@ -93,6 +93,9 @@ async def profile(args: argparse.Namespace) -> int:
                     done = await load(target, name, kind, args.seconds, args.concurrency)
                     os.kill(gateway.pid, signal.SIGUSR2)
                     results[(name, kind)] = (done, await read_stats(stats_path))
+                    if args.save:
+                        args.save.mkdir(parents=True, exist_ok=True)
+                        results[(name, kind)][1].dump_stats(args.save / f"{name}-{kind}.prof")
         except RuntimeError as exc:
             print(f"profile_gateway: {exc}", file=sys.stderr)
             return 1
@@ -173,6 +176,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--top", type=int, default=30, help="functions shown per kind")
     p.add_argument("--redis", action="store_true", help="the gateway on a redis-server")
+    p.add_argument("--config", type=Path, default=HERE / "gateway.yaml", help="the gateway's")
+    p.add_argument(
+        "--save",
+        type=Path,
+        metavar="DIR",
+        help="also write each profile to DIR/<protocol>-<kind>.prof (pstats, snakeviz)",
+    )
     a = p.parse_args(argv)
     a.protocols = [n for n in a.protocols.split(",") if n]
     a.kinds = [k for k in a.kinds.split(",") if k]
