@@ -7,11 +7,13 @@ One gateway (the benchmark's config, on the fake upstream; with `--redis` on a r
 of its own) started through this file as a launcher: SIGUSR1 turns cProfile on in its
 process, SIGUSR2 turns it off and writes the statistics. For each protocol and kind, the
 load generator runs `--seconds` of load at `--concurrency` (after a warm-up, unprofiled)
-with the profiler on, and the report prints the functions by their own time (tottime) per
-request, in microseconds, for the protocols side by side: what a protocol's requests spend
-more than chat completions' is where its extra time goes. cProfile makes every Python call
-slower (about 2-3x here), so the absolute figures are inflated; compare within one run.
-Pinned as bench.py pins: the gateway on cpu 0, the rest on cpu 1.
+with the profiler on, in `--rounds` slices that alternate between the protocols (so that a
+change in the host's speed falls on all of them), and the report prints the functions by
+their own time (tottime) per request, in microseconds, for the protocols side by side: what
+a protocol's requests spend more than chat completions' is where its extra time goes.
+cProfile makes every Python call slower (about 2-3x here), so the absolute figures are
+inflated; compare within one run. `--save DIR` keeps the statistics for pstats (cumulative
+times). Pinned as bench.py pins: the gateway on cpu 0, the rest on cpu 1.
 """
 
 from __future__ import annotations
@@ -88,14 +90,23 @@ async def profile(args: argparse.Namespace) -> int:
             for name in args.protocols:
                 for kind in args.kinds:
                     await load(target, name, kind, 1.0, args.concurrency)  # warm-up
-                    stats_path.unlink(missing_ok=True)
-                    os.kill(gateway.pid, signal.SIGUSR1)
-                    done = await load(target, name, kind, args.seconds, args.concurrency)
-                    os.kill(gateway.pid, signal.SIGUSR2)
-                    results[(name, kind)] = (done, await read_stats(stats_path))
-                    if args.save:
-                        args.save.mkdir(parents=True, exist_ok=True)
-                        results[(name, kind)][1].dump_stats(args.save / f"{name}-{kind}.prof")
+            for _ in range(args.rounds):
+                for kind in args.kinds:
+                    for name in args.protocols:
+                        stats_path.unlink(missing_ok=True)
+                        os.kill(gateway.pid, signal.SIGUSR1)
+                        seconds = args.seconds / args.rounds
+                        done = await load(target, name, kind, seconds, args.concurrency)
+                        os.kill(gateway.pid, signal.SIGUSR2)
+                        stats = await read_stats(stats_path)
+                        if (name, kind) in results:
+                            before, total = results[(name, kind)]
+                            done, stats = before + done, total.add(stats)
+                        results[(name, kind)] = (done, stats)
+            for (name, kind), (_, stats) in results.items():
+                if args.save:
+                    args.save.mkdir(parents=True, exist_ok=True)
+                    stats.dump_stats(args.save / f"{name}-{kind}.prof")
         except RuntimeError as exc:
             print(f"profile_gateway: {exc}", file=sys.stderr)
             return 1
@@ -172,7 +183,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated")
     p.add_argument("--kinds", default="json,stream", help="json, stream, or both")
-    p.add_argument("--seconds", type=float, default=5.0, help="profiled load per protocol/kind")
+    p.add_argument("--seconds", type=float, default=6.0, help="profiled load per protocol/kind")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="the seconds split into this many slices, the protocols alternating (default 3)",
+    )
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--top", type=int, default=30, help="functions shown per kind")
     p.add_argument("--redis", action="store_true", help="the gateway on a redis-server")
