@@ -673,3 +673,10 @@ async def test_an_unknown_model_is_a_404(cg: ClientGateway, profile: str) -> Non
     assert status == 404
     assert UNKNOWN_MODEL in error_of(status, raw, "not_found_error")
     assert "x-ratelimit-remaining-requests" in headers
+
+
+async def test_an_empty_x_api_key_leaves_the_key_to_authorization(cg: ClientGateway) -> None:
+    body = {"model": CLAUDE_MODEL, "max_tokens": 10, "messages": HELLO}
+    headers = {"x-api-key": "", "Authorization": f"Bearer {cg.key}"}
+    status, _, raw = await post(cg, body, auth="bearer", headers=headers)
+    assert status == 200, raw

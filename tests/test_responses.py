@@ -320,6 +320,8 @@ async def test_builtin_tools_go_through_natively(served: Served) -> None:
         ({"conversation": "conv_123"}, "conversation"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].id"),
         ({"max_output_tokens": 8}, "max_output_tokens"),
+        ({"max_output_tokens": 10**12}, "max_output_tokens"),
+        ({"reasoning": {"effort": "ultra"}}, "reasoning.effort"),
         ({"input": [{"type": "nonsense"}]}, "input[0]"),
         ({"input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
         ({"tools": [{"type": "function"}]}, "tools[0].name"),

@@ -24,9 +24,10 @@ FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
 def credentials(request: web.Request) -> str | None:
-    """The key: `x-api-key: <key>` (as `Bearer <key>`), else the `Authorization` header."""
+    """The key: `x-api-key: <key>` (as `Bearer <key>`), else (none, or an empty one) the
+    `Authorization` header."""
     key = request.headers.get("x-api-key")
-    if key is not None:
+    if key:
         return f"Bearer {key}"
     return request.headers.get("Authorization")
 
