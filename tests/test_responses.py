@@ -509,3 +509,16 @@ def test_the_native_stream_reframes_and_refuses_what_it_cannot_read() -> None:
     assert stream.produced_chars == 2
     with pytest.raises(UpstreamError):
         stream.feed(SSEEvent(data=b"{not json", event="response.output_text.delta"))
+
+
+@pytest.mark.parametrize(
+    ("cap", "code"),
+    [(8, "integer_below_min_value"), (2**31, "integer_above_max_value"),
+     (100.5, "invalid_type"), (True, "invalid_type")],
+)  # fmt: skip
+async def test_max_output_tokens_errors_say_what_is_wrong(
+    served: Served, cap: Any, code: str
+) -> None:
+    status, _, raw = await served.post({"model": NATIVE, "input": "hi", "max_output_tokens": cap})
+    error = json.loads(raw)["error"]
+    assert (status, error["param"], error["code"]) == (400, "max_output_tokens", code)

@@ -452,15 +452,19 @@ def _caps(body: Mapping[str, Any], out: Translation) -> None:
     cap = body.get("max_output_tokens")
     if cap is None:
         return
-    if (
-        not isinstance(cap, int)
-        or isinstance(cap, bool)
-        or not MIN_OUTPUT_TOKENS <= cap <= MAX_OUTPUT_TOKENS
-    ):
+    if not isinstance(cap, int) or isinstance(cap, bool):
+        code = "invalid_type"
+    elif cap < MIN_OUTPUT_TOKENS:
+        code = "integer_below_min_value"
+    elif cap > MAX_OUTPUT_TOKENS:
+        code = "integer_above_max_value"
+    else:
+        code = None
+    if code is not None:
         raise BadRequest(
             f"'max_output_tokens' must be an integer from {MIN_OUTPUT_TOKENS} to"
             f" {MAX_OUTPUT_TOKENS}.",
             param="max_output_tokens",
-            code="integer_below_min_value",
+            code=code,
         )
     out.body["max_completion_tokens"] = cap
