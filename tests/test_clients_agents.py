@@ -189,6 +189,23 @@ async def test_agents_run(
     assert "store" not in body and "previous_response_id" not in body
 
 
+async def test_agents_default_model_from_the_environment(
+    client_gateway: ClientGateway,
+    sent_by_agents: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An Agent with no model at all takes the SDK's default, `OPENAI_DEFAULT_MODEL`, on the
+    default client: a `woozlit/...` name there needs no RunConfig (the default model is not
+    parsed for a provider prefix), as docs/protocols.md says."""
+    from agents import Agent, Runner
+
+    monkeypatch.setenv("OPENAI_DEFAULT_MODEL", CLAUDE_MODEL)
+    result = await Runner.run(Agent(name="assistant"), "Hello!")
+    assert result.final_output == ANSWERS[CLAUDE_MODEL]
+    [body] = sent_by_agents
+    assert body["model"] == CLAUDE_MODEL
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["run", "run_streamed"])
 @pytest.mark.parametrize("model", [*FAMILIES, TOOLS_MODEL])
 async def test_agents_function_tool(

@@ -94,6 +94,24 @@ async def test_structured_output(sdk: openai.AsyncOpenAI) -> None:
     assert parsed.output_parsed == Place(city="Paris")
 
 
+async def test_structured_output_translated(sdk: openai.AsyncOpenAI, served: Served) -> None:
+    """On Claude the schema becomes the answer tool (providers/anthropic/request.py): its input
+    comes back as the output text, which the SDK parses into the pydantic model."""
+    served.anthropic.scenario = Scenario(
+        tools=[ToolUse("toolu_1", "Place", {"city": "Paris"})], text=[]
+    )
+    try:
+        parsed = await sdk.responses.parse(model=CLAUDE, input="Where?", text_format=Place)
+        async with sdk.responses.stream(model=CLAUDE, input="Where?", text_format=Place) as s:
+            streamed = await s.get_final_response()
+    finally:
+        served.anthropic.scenario = Scenario()
+    assert parsed.output_parsed == Place(city="Paris")
+    assert streamed.output_parsed == Place(city="Paris")
+    schema = served.anthropic.requests[-1].body["tools"][0]
+    assert schema["name"] == "Place"
+
+
 async def test_errors(sdk: openai.AsyncOpenAI, served: Served) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         await sdk.responses.create(model=NATIVE, input="hi", previous_response_id="resp_1")

@@ -664,12 +664,24 @@ async def test_server_tools_are_held_for(
     assert error_of(status, raw, "rate_limit_error").startswith("Monthly token limit")
 
 
+@pytest.mark.parametrize("model", [UNKNOWN_MODEL, "gpt-5"])
 @pytest.mark.parametrize("profile", ["v1", "woozlit"])
-async def test_an_unknown_model_is_a_404(cg: ClientGateway, profile: str) -> None:
-    """As Anthropic answers it: a 404 `not_found_error` (Claude Code then names the model as
-    the problem, where a 400 had it retry once without each of its betas first)."""
-    body = {"model": UNKNOWN_MODEL, "max_tokens": 10, "messages": HELLO}
+async def test_an_unknown_model_is_a_404(cg: ClientGateway, profile: str, model: str) -> None:
+    """As Anthropic answers it: a 404 `not_found_error`, for a woozlit/ name that is no model
+    and for a name that is neither one nor an alias (Claude Code then names the model as the
+    problem, where a 400 had it retry once without each of its betas first)."""
+    body = {"model": model, "max_tokens": 10, "messages": HELLO}
     status, headers, raw = await post(cg, body, profile=profile)
     assert status == 404
-    assert UNKNOWN_MODEL in error_of(status, raw, "not_found_error")
+    assert model in error_of(status, raw, "not_found_error")
     assert "x-ratelimit-remaining-requests" in headers
+    status, _, raw = await post(cg, {**body, "model": 7}, profile=profile)
+    assert status == 400  # not a name at all
+    assert "model" in error_of(status, raw, "invalid_request_error")
+
+
+async def test_an_empty_x_api_key_leaves_the_key_to_authorization(cg: ClientGateway) -> None:
+    body = {"model": CLAUDE_MODEL, "max_tokens": 10, "messages": HELLO}
+    headers = {"x-api-key": "", "Authorization": f"Bearer {cg.key}"}
+    status, _, raw = await post(cg, body, auth="bearer", headers=headers)
+    assert status == 200, raw

@@ -320,6 +320,8 @@ async def test_builtin_tools_go_through_natively(served: Served) -> None:
         ({"conversation": "conv_123"}, "conversation"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].id"),
         ({"max_output_tokens": 8}, "max_output_tokens"),
+        ({"max_output_tokens": 10**12}, "max_output_tokens"),
+        ({"reasoning": {"effort": "ultra"}}, "reasoning.effort"),
         ({"input": [{"type": "nonsense"}]}, "input[0]"),
         ({"input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
         ({"tools": [{"type": "function"}]}, "tools[0].name"),
@@ -488,3 +490,35 @@ async def test_builtin_tools_are_held_for(served: Served) -> None:
     body["tools"] = [{"type": "web_search"}]
     status, _, raw = await served.post(body, key=key)
     assert status == 429 and json.loads(raw)["error"]["code"] == "insufficient_quota", raw
+
+
+def test_the_native_stream_reframes_and_refuses_what_it_cannot_read() -> None:
+    """An event whose data spans lines goes on as one line of JSON; a delta that is not JSON
+    is the provider's error (502), not a crash of the relay."""
+    from proxy.core import ChatRequest
+    from proxy.errors import UpstreamError
+    from proxy.providers.openai_responses import ResponsesStream
+    from proxy.sse import SSEEvent
+
+    chat = ChatRequest({}, NATIVE, True, True, None, 1)
+    stream = ResponsesStream(chat, None)  # type: ignore[arg-type]
+    data = b'{"type": "response.output_text.delta",\n "delta": "Hi"}'
+    [framed] = stream.feed(SSEEvent(data=data, event="response.output_text.delta"))
+    assert framed.count(b"\n") == 3 and framed.endswith(b"\n\n")
+    assert json.loads(framed.split(b"data: ", 1)[1]) == json.loads(data)
+    assert stream.produced_chars == 2
+    with pytest.raises(UpstreamError):
+        stream.feed(SSEEvent(data=b"{not json", event="response.output_text.delta"))
+
+
+@pytest.mark.parametrize(
+    ("cap", "code"),
+    [(8, "integer_below_min_value"), (2**31, "integer_above_max_value"),
+     (100.5, "invalid_type"), (True, "invalid_type")],
+)  # fmt: skip
+async def test_max_output_tokens_errors_say_what_is_wrong(
+    served: Served, cap: Any, code: str
+) -> None:
+    status, _, raw = await served.post({"model": NATIVE, "input": "hi", "max_output_tokens": cap})
+    error = json.loads(raw)["error"]
+    assert (status, error["param"], error["code"]) == (400, "max_output_tokens", code)

@@ -87,16 +87,19 @@ class ResponsesStream(StreamTranslator):
         kind = event.event
         if kind is None:  # an upstream that does not name its events: the data does
             kind = str(load_json(event.data, "stream event").get("type"))
+        data = event.data
         if kind.endswith(".delta"):
-            delta = orjson.loads(event.data).get("delta")
+            delta = load_json(data, "stream event").get("delta")
             if isinstance(delta, str):
                 self.produced_chars += text_weight(delta)
         elif kind in LIFECYCLE:
-            return [self.lifecycle(kind, load_json(event.data, "stream event"))]
+            return [self.lifecycle(kind, load_json(data, "stream event"))]
         elif kind == "error":
-            error = load_json(event.data, "stream event")
+            error = load_json(data, "stream event")
             raise self.failed(error)
-        return [b"event: " + kind.encode() + b"\ndata: " + event.data + b"\n\n"]
+        if b"\n" in data:  # data on several lines: one line of JSON, as clients expect
+            data = orjson.dumps(load_json(data, "stream event"))
+        return [b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"]
 
     def lifecycle(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         response = payload.get("response")

@@ -24,9 +24,10 @@ FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
 def credentials(request: web.Request) -> str | None:
-    """The key: `x-api-key: <key>` (as `Bearer <key>`), else the `Authorization` header."""
+    """The key: `x-api-key: <key>` (as `Bearer <key>`), else (none, or an empty one) the
+    `Authorization` header."""
     key = request.headers.get("x-api-key")
-    if key is not None:
+    if key:
         return f"Bearer {key}"
     return request.headers.get("Authorization")
 
@@ -62,11 +63,21 @@ def read_messages(
             openai=True,
         )
     except BadRequest as exc:
-        if exc.code != "model_not_found":
+        if exc.param != "model" or not isinstance(body.get("model"), str):
             raise
-        # Anthropic answers an unknown model with a 404 `not_found_error`: Claude Code then
-        # says the model is the problem, where a 400 has it retry without each beta first.
-        raise NotFound(exc.message, param=exc.param, code=exc.code) from None
+        # A name that is no model (unknown, or without the woozlit/ prefix and no alias):
+        # Anthropic answers a 404 `not_found_error`, and Claude Code then says the model is
+        # the problem, where a 400 has it retry without each of its betas first.
+        name = body["model"]
+        message = (
+            exc.message
+            if name in exc.message
+            else (
+                f"Unknown model '{name[:200]}': the models are named 'woozlit/...', and"
+                " GET /v1/models lists them."
+            )
+        )
+        raise NotFound(message, param=exc.param, code="model_not_found") from None
     chat.prompt_tokens_estimate = max(chat.prompt_tokens_estimate, estimate_prompt_tokens(body))
     # Server tools run by Anthropic bill their results as input: held too (estimates.py).
     chat.completion_extra += estimate_builtin_tool_tokens(server_tool_calls(body))

@@ -173,7 +173,8 @@ async def expand(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
     expanded = list(items)
     for (i, item_id), value in zip(refs, values, strict=True):
         if value is None:
-            raise BadRequest(f"Item with id '{item_id}' not found.", param=f"input[{i}].id")
+            shown = item_id if len(item_id) <= 100 else item_id[:100] + "..."
+            raise BadRequest(f"Item with id '{shown}' not found.", param=f"input[{i}].id")
         expanded[i] = orjson.loads(value)
     return {**body, "input": expanded}
 

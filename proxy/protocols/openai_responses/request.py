@@ -59,6 +59,9 @@ from typing import Any
 from proxy.errors import BadRequest
 
 MIN_OUTPUT_TOKENS = 16  # OpenAI refuses less: "integer_below_min_value"
+MAX_OUTPUT_TOKENS = 2**31 - 1  # as chat completions' caps (protocols/openai_chat.py)
+# `reasoning.effort` as OpenAI's API reference lists it ("Reasoning": effort).
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 ROLES = frozenset({"user", "assistant", "system", "developer"})
 NAMESPACE_SEPARATOR = "__"
 # Input items of the Responses API that only the Responses API can serve (a provider's
@@ -437,8 +440,11 @@ def _reasoning(reasoning: Any, out: Translation) -> None:
         raise BadRequest("'reasoning' must be an object.", param="reasoning")
     effort = reasoning.get("effort")
     if effort is not None:
-        if not isinstance(effort, str):
-            raise BadRequest("'reasoning.effort' must be a string.", param="reasoning.effort")
+        if effort not in EFFORTS:
+            raise BadRequest(
+                f"'reasoning.effort' must be one of {', '.join(EFFORTS)}.",
+                param="reasoning.effort",
+            )
         out.body["reasoning_effort"] = effort
 
 
@@ -446,10 +452,19 @@ def _caps(body: Mapping[str, Any], out: Translation) -> None:
     cap = body.get("max_output_tokens")
     if cap is None:
         return
-    if not isinstance(cap, int) or isinstance(cap, bool) or cap < MIN_OUTPUT_TOKENS:
+    if not isinstance(cap, int) or isinstance(cap, bool):
+        code = "invalid_type"
+    elif cap < MIN_OUTPUT_TOKENS:
+        code = "integer_below_min_value"
+    elif cap > MAX_OUTPUT_TOKENS:
+        code = "integer_above_max_value"
+    else:
+        code = None
+    if code is not None:
         raise BadRequest(
-            f"'max_output_tokens' must be an integer of at least {MIN_OUTPUT_TOKENS}.",
+            f"'max_output_tokens' must be an integer from {MIN_OUTPUT_TOKENS} to"
+            f" {MAX_OUTPUT_TOKENS}.",
             param="max_output_tokens",
-            code="integer_below_min_value",
+            code=code,
         )
     out.body["max_completion_tokens"] = cap
