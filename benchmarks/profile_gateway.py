@@ -11,7 +11,7 @@ with the profiler on, in `--rounds` slices that alternate between the protocols 
 change in the host's speed falls on all of them), and the report prints the functions by
 their own time (tottime) per request, in microseconds, for the protocols side by side: what
 a protocol's requests spend more than chat completions' is where its extra time goes.
-cProfile makes every Python call slower (about 2-3x here), so the absolute figures are
+cProfile makes every Python call slower (1.5-3x here), so the absolute figures are
 inflated; compare within one run. `--save DIR` keeps the statistics for pstats (cumulative
 times). Pinned as bench.py pins: the gateway on cpu 0, the rest on cpu 1.
 """
