@@ -13,6 +13,13 @@ concurrency-1 latency, 20-chunk streams, paced streams) runs against every targe
 in `--rounds` short rounds whose target order rotates, so that the noise of a shared machine
 falls on all targets alike. Every figure is printed with the ratio gateway/bare.
 
+The client protocols (`--protocols`, all by default): the non-stream, stream and paced
+phases again in Anthropic's Messages API (`POST /v1/messages`, the gateway's Claude
+deployment) and OpenAI's Responses API (`POST /v1/responses`, its OpenAI deployment with
+`responses_api`), both served natively. The phases of one kind form a group that each
+target runs back to back (`Phase.group`), and the report gives each protocol's throughput
+as a ratio to chat completions' and its paced p99 minus theirs, per target.
+
 `--anthropic-paced` adds the paced streams through the gateway's Anthropic provider (the
 same fake upstream speaking Anthropic's Messages API). Neither `direct` nor `bare` can turn
 Anthropic's events into OpenAI's, so that phase measures the gateway only, right after its
