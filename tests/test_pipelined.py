@@ -137,3 +137,36 @@ async def test_nothing_listening_fails_fast():
         await conn.evalsha("echo", [], ["x"])
     assert loop.time() - started < 0.5
     conn.close()
+
+
+
+async def test_set_many_soon_rides_the_pipelined_connection(
+    redis_url: str, redis_server: RedisServer
+):
+    """The Responses items are SET with their TTL on the scripts' connection when it is up
+    (through redis-py when it is not); a failure is counted, never raised."""
+    from proxy.metrics import Metrics
+    from proxy.store.standalone import RedisStore
+
+    metrics = Metrics()
+    store = RedisStore(redis_url, 1.0, metrics)
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    pipelined = store.pipelined
+    assert pipelined is not None
+    try:
+        await store.set_many_soon({"t:a": "1"}, px=60_000)  # not connected yet: redis-py
+        await pipelined._connection()
+        sent = pipelined.send_now([encode("PING")])
+        assert sent is not None and await sent[0] == "PONG"
+        await store.set_many_soon({"t:b": "2", "t:c": "3"}, px=60_000)
+        assert await client.mget(["t:a", "t:b", "t:c"]) == ["1", "2", "3"]
+        assert 0 < await client.pttl("t:b") <= 60_000
+        errors = metrics.redis_errors.labels("command")
+        before = errors._value.get()
+        redis_server.stop()
+        await store.set_many_soon({"t:d": "4"}, px=60_000)  # fails quietly, counted
+        assert errors._value.get() == before + 1
+    finally:
+        redis_server.start()
+        await client.aclose()
+        await store.close()

@@ -13,6 +13,7 @@ with a warning at most once a second.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -155,6 +156,17 @@ class Store:
         for key, value in values.items():
             pipe.set(key, value, px=px)
         await self._command("set_many", pipe.execute())
+
+    def set_many_soon(self, values: Mapping[str, str], *, px: int) -> asyncio.Future[Any]:
+        """`set_many` in the background: a future that never raises (a failure is counted and
+        logged, `_unavailable`, and the values are lost)."""
+        return asyncio.ensure_future(self._set_many_quietly(values, px))
+
+    async def _set_many_quietly(self, values: Mapping[str, str], px: int) -> None:
+        try:
+            await self.set_many(values, px=px)
+        except ServiceUnavailable:
+            pass  # counted and logged by `_command`
 
     async def mget(self, keys: Sequence[str]) -> list[str | None]:
         """The value of each of `keys` (None where there is none), in one MGET: on Redis

@@ -200,6 +200,15 @@ class PipelinedScripts:
         await self._call(encode("SCRIPT", "LOAD", self.sources[name]))
         return await self._call(command)
 
+    def send_now(self, commands: list[bytes]) -> list[asyncio.Future[Any]] | None:
+        """Send `commands` on the connection, with the next flush of everything else on it
+        (the scripts of other requests): their replies' futures, in order; None, sending
+        nothing, when the connection is not up (the caller then takes another way)."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            return None
+        return [protocol.send(command) for command in commands]
+
     async def _call(self, command: bytes) -> Any:
         protocol = await self._connection()
         return await protocol.send(command)

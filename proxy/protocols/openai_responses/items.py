@@ -60,14 +60,14 @@ from aiohttp import web
 
 from proxy.app_state import CONFIG, STORE
 from proxy.core import ChatRequest, Native
-from proxy.errors import BadRequest, GatewayError
+from proxy.errors import BadRequest
 from proxy.exchange import OWNER
 from proxy.store import Store, keys
 
 log = logging.getLogger("proxy.responses")
 KEPT_STATUSES = frozenset({"completed", "incomplete"})
 # The writes in flight: kept here until done (a task nobody holds may be collected).
-_writing: set[asyncio.Task[None]] = set()
+_writing: set[asyncio.Future[Any]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +101,11 @@ class Keeper:
                 self.max_bytes,
             )
             return
-        task = asyncio.create_task(self._write(values))
-        _writing.add(task)
-        task.add_done_callback(_writing.discard)
-
-    async def _write(self, values: dict[str, str]) -> None:
-        try:
-            await self.store.set_many(values, px=self.ttl_ms)
-        except GatewayError:
-            pass  # counted and logged by the store (Store._unavailable); the items are lost
+        # In the background, never failing the answer: a failure is counted and logged by
+        # the store (Store._unavailable), and the items are then unknown.
+        writing = self.store.set_many_soon(values, px=self.ttl_ms)
+        _writing.add(writing)
+        writing.add_done_callback(_writing.discard)
 
 
 @dataclass(frozen=True, slots=True)
