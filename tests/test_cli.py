@@ -250,3 +250,56 @@ async def test_a_port_in_use_is_one_line_and_exit_1(
         holder.close()
         for pid in tagged(tag):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_try_it_with_the_fake_in_every_protocol(tmp_path: Path) -> None:
+    """The README's "Try it" with no provider key: the fake upstream (`python -m tests.fakes`)
+    and the gateway on its embedded defaults, pointed at it as the README says, answer chat
+    completions, Messages (and count_tokens) and Responses, through the official SDKs."""
+    import anthropic
+    import openai
+
+    port = free_port()
+    fake = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakes", "--port", str(port), cwd=ROOT, env=environ(),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    env = environ(
+        OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
+        ANTHROPIC_BASE_URL=f"http://127.0.0.1:{port}",
+        ANTHROPIC_API_KEY="any",
+    )
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--port", "0", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert gateway.stdout is not None
+        async with asyncio.timeout(15):
+            lines = [(await gateway.stdout.readline()).decode() for _ in range(2)]
+        key = lines[0].rsplit(" ", 1)[1].strip()
+        base = lines[1].removeprefix(LISTENING).split()[0]
+        chat = openai.AsyncOpenAI(api_key=key, base_url=base + "/v1", max_retries=0)
+        claude = anthropic.AsyncAnthropic(api_key=key, base_url=base, max_retries=0)
+        hello = [{"role": "user", "content": "Hello!"}]
+        completion = await chat.chat.completions.create(model="woozlit/gpt-4o-mini", messages=hello)  # type: ignore[arg-type]
+        assert completion.choices[0].message.content
+        response = await chat.responses.create(model="woozlit/gpt-4o-mini", input="Hello!")
+        assert response.output_text and response.usage is not None
+        message = await claude.messages.create(
+            model="woozlit/claude-3-5-haiku-20241022",
+            max_tokens=100,
+            messages=hello,  # type: ignore[arg-type]
+        )
+        assert message.content and message.usage.output_tokens > 0
+        counted = await claude.messages.count_tokens(
+            model="woozlit/claude-3-5-haiku-20241022",
+            messages=hello,  # type: ignore[arg-type]
+        )
+        assert counted.input_tokens > 0
+        await chat.close()
+        await claude.close()
+    finally:
+        for proc in (gateway, fake):
+            proc.kill()
+            await proc.communicate()

@@ -38,11 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     record = Record(models=None, keep=False, chunks=args.chunks, chunk_delay_ms=args.chunk_delay_ms)
     fake = FakeOpenAI(record)
     openai, messages, responses = fake.handle, fake.fast.messages, fake.fast.responses
+    count_tokens = fake.fast.count_tokens
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "POST":
             if request.path.endswith("/v1/messages"):
                 return await messages(request)
+            if request.path.endswith("/v1/messages/count_tokens"):
+                return await count_tokens(request)
             if request.path.endswith("/v1/responses"):
                 return await responses(request)
         return await openai(request)

@@ -25,9 +25,11 @@ model ending in `-long<N>` (e.g. `gpt-4o-mini-long1000`) sends N chunks a second
 due every `LONG_TICK` seconds in one write (10 a write at 1,000/s), never faster: a stream
 held back by its reader does not burst to catch up. Used by `bench.py --unread-streams`.
 
-`POST /v1/messages` (`messages`) speaks Anthropic's Messages API as the real service does
+`POST /v1/messages` (`messages`, and `count_tokens` for `/v1/messages/count_tokens`) speaks
+Anthropic's Messages API as the real service does
 (see tests/fakes/anthropic_upstream.py): it wants an `x-api-key` header (401
-`authentication_error` without) and `anthropic-version: 2023-06-01` (400 otherwise), answers a
+`authentication_error` without) and an `anthropic-version` of `ANTHROPIC_VERSIONS` (400
+otherwise), answers a
 `message` with usage, or with `"stream": true` the events `message_start` (with
 `usage.input_tokens`), `content_block_start`, `ping`, `chunks` `content_block_delta`
 text deltas, each written separately, `content_block_stop`, `message_delta` (stop reason,
@@ -69,6 +71,9 @@ from tests.fakes import openai_wire as wire
 MODEL = "gpt-4o-mini"
 ANTHROPIC_MODEL = "claude-3-5-haiku-20241022"
 ANTHROPIC_VERSION = "2023-06-01"
+# The versions it takes, as the full fake (anthropic_upstream.API_VERSIONS): the anthropic
+# SDKs send the newer one.
+ANTHROPIC_VERSIONS = (ANTHROPIC_VERSION, "2026-10-21")
 PROMPT_TOKENS = 9
 PACED = re.compile(r"-paced(\d+)$")
 LONG = re.compile(r"-long(\d*)$")
@@ -450,11 +455,20 @@ class FastAnswers:
         await response.write_eof()
         return response
 
+    async def count_tokens(self, request: web.BaseRequest) -> web.Response:
+        """Anthropic's `POST /v1/messages/count_tokens`: `{"input_tokens": PROMPT_TOKENS}`,
+        the input every answer of this fake reports."""
+        if not request.headers.get("x-api-key"):
+            return anthropic_error(401, "authentication_error", "x-api-key header is required")
+        if request.headers.get("anthropic-version") not in ANTHROPIC_VERSIONS:
+            return anthropic_error(400, "invalid_request_error", "anthropic-version: invalid")
+        return web.json_response({"input_tokens": PROMPT_TOKENS})
+
     async def messages(self, request: web.BaseRequest) -> web.StreamResponse:
         """Anthropic's `POST /v1/messages`: the same shapes and pacing in its wire format."""
         if not request.headers.get("x-api-key"):
             return anthropic_error(401, "authentication_error", "x-api-key header is required")
-        if request.headers.get("anthropic-version") != ANTHROPIC_VERSION:
+        if request.headers.get("anthropic-version") not in ANTHROPIC_VERSIONS:
             return anthropic_error(400, "invalid_request_error", "anthropic-version: invalid")
         try:
             body = orjson.loads(await request.read())
