@@ -99,7 +99,9 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "woozlit_upstream_errors_total",
-            "Upstream failures by provider and kind.",
+            "Upstream failures by provider and kind: the deployment's (an error answer that "
+            "another deployment may not give, a broken or stalled stream), not a refusal of "
+            "the client's request (a 400 about what it sent).",
             ["provider", "kind"],
             registry=r,
         )

@@ -131,10 +131,12 @@ class Upstream:
                 if resp.status >= 300:
                     body = await resp.read()
                     resp.release()
-                    self.metrics.upstream_errors.labels(
-                        provider.config.name, f"http_{resp.status}"
-                    ).inc()
-                    raise provider.error_from_response(resp.status, body, _lower(resp.headers))
+                    error = provider.error_from_response(resp.status, body, _lower(resp.headers))
+                    if error.retryable:  # the deployment failed; a refusal of the request did not
+                        self.metrics.upstream_errors.labels(
+                            provider.config.name, f"http_{resp.status}"
+                        ).inc()
+                    raise error
         except PROVIDER_ERRORS as exc:
             self.fail(provider.config.name, "open", exc)
         finally:

@@ -614,6 +614,7 @@ async def test_a_refused_anthropic_header_is_the_clients_400(cg: ClientGateway) 
     ]
     assert cooldowns and all(line.endswith(" 0.0") for line in cooldowns), cooldowns
     assert "woozlit_upstream_retries_total{" not in metrics
+    assert 'kind="http_400"' not in metrics  # not an upstream failure: no alert's numerator
     status, _, raw = await post(cg, body)
     assert status == 200, raw
 
