@@ -275,6 +275,7 @@ def create_app(
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = open_store(redis_url, config.accounting.redis_timeout_seconds, metrics_)
+        await store.warm()
         app[STORE] = store
         accountant = app[ACCOUNTANT] = Accountant(store, config, metrics_)
         app[ACCOUNTS] = Accounts(store, config)

@@ -155,7 +155,7 @@ async def test_set_many_soon_rides_the_pipelined_connection(
     assert pipelined is not None
     try:
         await store.set_many_soon({"t:a": "1"}, px=60_000)  # not connected yet: redis-py
-        await pipelined._connection()
+        await pipelined.connect()
         sent = pipelined.send_now([encode("PING")])
         assert sent is not None and await sent[0] == "PONG"
         await store.set_many_soon({"t:b": "2", "t:c": "3"}, px=60_000)
@@ -170,3 +170,19 @@ async def test_set_many_soon_rides_the_pipelined_connection(
         redis_server.start()
         await client.aclose()
         await store.close()
+
+
+async def test_the_gateway_opens_the_pipelined_connection_at_start(
+    gateway, fake_openai, redis_url: str
+):
+    """The first request does not wait for the connection (a caller waits one timeout at
+    most, which a busy machine's first request could exceed: a 503)."""
+    from proxy.app_state import STORE
+    from proxy.store.standalone import RedisStore
+    from tests.conftest import openai_provider
+
+    models = {"woozlit/m": [{"provider": "openai", "model": "gpt-4o-mini"}]}
+    gw = await gateway({"openai": openai_provider(fake_openai.url)}, models, redis_url=redis_url)
+    store = gw.app[STORE]
+    assert isinstance(store, RedisStore) and store.pipelined is not None
+    assert store.pipelined.send_now([]) == []  # None while it is not connected

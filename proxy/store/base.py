@@ -157,6 +157,9 @@ class Store:
             pipe.set(key, value, px=px)
         await self._command("set_many", pipe.execute())
 
+    async def warm(self) -> None:
+        """Open what the first request would otherwise wait for (at start); never raises."""
+
     def set_many_soon(self, values: Mapping[str, str], *, px: int) -> asyncio.Future[Any]:
         """`set_many` in the background: a future that never raises (a failure is counted and
         logged, `_unavailable`, and the values are lost)."""

@@ -200,6 +200,10 @@ class PipelinedScripts:
         await self._call(encode("SCRIPT", "LOAD", self.sources[name]))
         return await self._call(command)
 
+    async def connect(self) -> None:
+        """Open the connection now, if it is not open; RedisConnectionError if it cannot."""
+        await self._connection()
+
     def send_now(self, commands: list[bytes]) -> list[asyncio.Future[Any]] | None:
         """Send `commands` on the connection, with the next flush of everything else on it
         (the scripts of other requests): their replies' futures, in order; None, sending

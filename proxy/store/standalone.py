@@ -53,6 +53,17 @@ class RedisStore(Store):
         super().__init__(aioredis.Redis.from_pool(pool), metrics)
         self._evalsha = self.pipelined.evalsha if self.pipelined else self._registered
 
+    async def warm(self) -> None:
+        """Connect the pipelined connection at start: the first request then does not wait
+        for it, where a caller waits one `timeout` at most (a busy machine's first request
+        got a 503 "cannot connect to Redis within 1.0 s"). A Redis that is not there yet is
+        no error here: the first request tries again."""
+        if self.pipelined is not None:
+            try:
+                await self.pipelined.connect()
+            except OSError:
+                pass
+
     def set_many_soon(self, values: Mapping[str, str], *, px: int) -> asyncio.Future[Any]:
         """As `Store.set_many_soon`, on the pipelined connection when it is up: the SETs go
         with the next flush of the requests' scripts, and no task is made (redis-py's
