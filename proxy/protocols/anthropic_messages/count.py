@@ -16,6 +16,7 @@ Source: token counting (platform.claude.com/docs/en/api/messages-count-tokens).
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 from aiohttp import web
@@ -30,6 +31,7 @@ from proxy.providers.anthropic import AnthropicProvider
 from proxy.upstream import Timing
 
 log = logging.getLogger("proxy")
+_warned_at = 0.0  # monotonic time of the last warning (one a second at most)
 
 
 async def count_tokens(request: web.Request) -> web.Response:
@@ -71,7 +73,18 @@ async def _count(request: web.Request, chat: ChatRequest) -> int:
     except GatewayError as exc:
         if not exc.retryable:
             raise
-        log.warning("count_tokens: provider %r failed (%s); estimated", provider.config.name, exc)
+        _warn(provider.config.name, exc)
         return chat.prompt_tokens_estimate
     count: int = payload["input_tokens"]
     return count
+
+
+def _warn(provider: str, exc: GatewayError) -> None:
+    """A count answered by the estimate, logged at most once a second: while Anthropic is
+    down every count falls back, and the failures are counted already
+    (`woozlit_upstream_errors_total`)."""
+    global _warned_at
+    now = time.monotonic()
+    if now - _warned_at >= 1.0:
+        _warned_at = now
+        log.warning("count_tokens: provider %r failed (%s); estimated", provider, exc)
