@@ -71,7 +71,6 @@ class OpenAIChat(ClientProtocol):
 
 # POST /chat/completions, on both profiles.
 OPENAI_CHAT = OpenAIChat()
-chat_completions = OPENAI_CHAT.handle
 
 
 def completion_body(payload: dict[str, Any], usage: Usage, chat: ChatRequest, rid: str) -> bytes:

@@ -15,9 +15,10 @@ say `store: false`, every output item with an `id` of a `completed` or `incomple
 (messages, function calls, reasoning, built-in tool calls: each as its client received it,
 JSON), one key per item under the account's hash tag (`store.keys.response_item`: on Redis
 Cluster all of an account's items live in its slot), with that TTL. The write is one round
-trip (pipelined SETs with PX, `Store.set_many`), in the background after the answer went
-out: it never delays or fails a request; a failure is counted and logged by the store
-(`redis_errors{operation="command"}`), and the items are then unknown. The answer says
+trip (SETs with PX, `Store.set_many_soon`: with the next flush of the pipelined script
+connection when it is up), in the background after the answer went out: it never delays
+or fails a request; a failure is counted and logged by the store
+(`woozlit_redis_errors_total{op="command"}`), and the items are then unknown. The answer says
 `"store": true` whenever items are kept, else `"store": false`. Non-stream: from the
 `response` body given to the client; stream: from its `response.completed` (or
 `.incomplete`) event, native or translated.
