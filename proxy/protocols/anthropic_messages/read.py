@@ -14,7 +14,7 @@ from proxy.core import ChatRequest, Native
 from proxy.errors import BadRequest, NotFound
 from proxy.estimates import estimate_builtin_tool_tokens, estimate_prompt_tokens
 from proxy.protocols.anthropic_messages.request import check_body
-from proxy.protocols.anthropic_messages.translate import to_chat
+from proxy.protocols.anthropic_messages.translate import is_server_tool, to_chat
 from proxy.protocols.openai_chat import validate_chat
 from proxy.routing import Route
 
@@ -93,7 +93,7 @@ def server_tool_calls(body: dict[str, Any]) -> int:
         return 0
     calls = 0
     for tool in tools:
-        if isinstance(tool, dict) and tool.get("type") not in (None, "custom"):
+        if isinstance(tool, dict) and is_server_tool(tool):
             uses = tool.get("max_uses")
             calls += min(uses, 100) if isinstance(uses, int) and uses > 0 else 1
     return calls

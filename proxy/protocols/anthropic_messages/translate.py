@@ -180,10 +180,15 @@ def _part(block: dict[str, Any], where: str) -> dict[str, Any]:
     raise untranslatable(what, where)
 
 
+def is_server_tool(tool: dict[str, Any]) -> bool:
+    """Whether a `tools` entry is one Anthropic runs (a versioned `type`: web search, code
+    execution...), not the client's own (no `type`, or `custom`)."""
+    return tool.get("type") not in (None, "custom")
+
+
 def _tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
-    kind = tool.get("type")
-    if kind not in (None, "custom"):
-        raise untranslatable(f"the server tool '{tool['name']}' ({kind})", where)
+    if is_server_tool(tool):
+        raise untranslatable(f"the server tool '{tool['name']}' ({tool['type']})", where)
     function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]
